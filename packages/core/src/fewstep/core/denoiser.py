@@ -1,0 +1,198 @@
+"""The one model contract: a Denoiser maps (x_t, t, cond) to a prediction of x0.
+
+After DPM-Solver's ``model_wrapper`` (Lu et al. 2022): the wrapper owns the parametrisation
+(eps / x0 / v / flow) and classifier-free guidance (Ho & Salimans 2022), so solvers and losses only
+ever see x0 (or ask for another parametrisation with :meth:`Denoiser.predict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .schedules import EDM, Schedule
+
+PREDICTIONS = ("eps", "x0", "v", "flow")
+
+
+def _check_prediction(kind: str) -> str:
+    if kind not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {kind!r}; use one of {PREDICTIONS}")
+    return kind
+
+
+def _bcast(a: Tensor, x: Tensor) -> Tensor:
+    """(B,) or () coefficient -> shape broadcastable against x (B, ...)."""
+    a = a.to(device=x.device, dtype=x.dtype)
+    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) if a.ndim else a
+
+
+def to_x0_eps(pred: Tensor, kind: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """Any parametrisation -> (x0, eps), given x = alpha x0 + sigma eps.
+
+    v = alpha eps - sigma x0 (Salimans & Ho 2022); flow u = eps - x0 (rectified flow velocity).
+    Both inversions hold for any (alpha, sigma), not only variance-preserving ones.
+    """
+    a, s = _bcast(alpha, x), _bcast(sigma, x)
+    if kind == "x0":
+        return pred, (x - a * pred) / s
+    if kind == "eps":
+        return (x - s * pred) / a, pred
+    if kind == "v":
+        n = a**2 + s**2
+        return (a * x - s * pred) / n, (s * x + a * pred) / n
+    if kind == "flow":
+        n = a + s
+        return (x - s * pred) / n, (x + a * pred) / n
+    raise ValueError(f"unknown prediction type {kind!r}; use one of {PREDICTIONS}")
+
+
+def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """(x0, eps) -> the requested parametrisation."""
+    a, s = _bcast(alpha, x0), _bcast(sigma, x0)
+    if kind == "x0":
+        return x0
+    if kind == "eps":
+        return eps
+    if kind == "v":
+        return a * eps - s * x0
+    if kind == "flow":
+        return eps - x0
+    raise ValueError(f"unknown prediction type {kind!r}; use one of {PREDICTIONS}")
+
+
+def convert(pred: Tensor, src: str, dst: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Convert a network output from parametrisation ``src`` to ``dst`` at (x, alpha, sigma)."""
+    _check_prediction(dst)
+    x0, eps = to_x0_eps(pred, _check_prediction(src), x, alpha, sigma)
+    return from_x0_eps(x0, eps, dst, alpha, sigma)
+
+
+class Denoiser(nn.Module):
+    """A network with its schedule and parametrisation; ``forward`` returns x0.
+
+    Args:
+        net: callable ``net(x, net_time, cond) -> prediction`` (any nn.Module).
+        schedule: the noise process the net was trained on.
+        prediction: what the net outputs: "eps", "x0", "v" or "flow".
+        sample_shape: shape of one sample, e.g. (1, 16, 16); inputs are checked against it.
+        num_classes: for class-label nets, the null label (unconditional) is ``num_classes``.
+        guidance: default classifier-free guidance scale w (1 = no guidance).
+        steps: for distilled students, the number of steps they were trained for (None = any).
+    Counters: ``nfe`` counts Denoiser calls, ``net_evals`` counts network forward passes
+    (a guided call is one NFE and two network evaluations).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        prediction: str,
+        *,
+        sample_shape: tuple[int, ...] | None = None,
+        num_classes: int = 0,
+        guidance: float = 1.0,
+        steps: int | None = None,
+        info: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a fewstep Schedule, got {type(schedule).__name__}")
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps={steps}: a sampler needs at least 1 step")
+        self.net = net
+        self.schedule = schedule
+        self.prediction = _check_prediction(prediction)
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.num_classes = int(num_classes)
+        self.guidance = float(guidance)
+        self.steps = steps
+        self.info = dict(info or {})
+        self.nfe = 0
+        self.net_evals = 0
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def reset_counters(self) -> None:
+        self.nfe = 0
+        self.net_evals = 0
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return self.schedule.alpha(t), self.schedule.sigma(t)
+
+    # -- validation ----------------------------------------------------------------------------
+    def _check(self, x: Tensor, t: Tensor | float, cond: Tensor | None) -> Tensor:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating-point tensor, got {got}; convert with x.float()")
+        if self.sample_shape is not None and tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but this model takes (B, {', '.join(map(str, self.sample_shape))}); "
+                f"resize or pick the model trained for this data"
+            )
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if cond is not None and cond.shape[0] != x.shape[0]:
+            raise ValueError(f"cond has batch {cond.shape[0]} but x has batch {x.shape[0]}")
+        return t
+
+    # -- network call ----------------------------------------------------------------------------
+    def _net(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        self.net_evals += 1
+        x_in = x
+        if isinstance(self.schedule, EDM):
+            x_in = x * _bcast(self.schedule.c_in(t), x)
+        out = self.net(x_in, self.schedule.net_time(t).to(x.dtype), cond)
+        if out.shape != x.shape:
+            raise ValueError(f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        return out
+
+    def null_cond(self, cond: Tensor) -> Tensor:
+        """The unconditional counterpart of ``cond`` (null label, or NaN rows for embeddings)."""
+        if cond.dtype in (torch.int64, torch.int32):
+            return torch.full_like(cond, self.num_classes)
+        return torch.full_like(cond, float("nan"))
+
+    def raw(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: float | None = None) -> Tensor:
+        """The network's own (guided) output in its native parametrisation."""
+        w = self.guidance if guidance is None else float(guidance)
+        if cond is None or w == 1.0:
+            return self._net(x, t, cond)
+        # Classifier-free guidance: uncond + w (cond - uncond), in one batched pass.
+        self.net_evals += 1
+        both = self._net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, self.null_cond(cond)]))
+        c, u = both.chunk(2)
+        return u + w * (c - u)
+
+    def predict(
+        self,
+        x: Tensor,
+        t: Tensor | float,
+        cond: Tensor | None = None,
+        *,
+        guidance: float | None = None,
+        kind: str = "x0",
+    ) -> Tensor:
+        """Guided prediction at (x, t) in parametrisation ``kind`` (default x0)."""
+        t = self._check(x, t, cond)
+        self.nfe += 1
+        out = self.raw(x, t, cond, guidance)
+        if kind == self.prediction:
+            return out
+        alpha, sigma = self.coefficients(t)
+        return convert(out, self.prediction, kind, x, alpha, sigma)
+
+    def forward(
+        self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, guidance: float | None = None, kind: str = "x0"
+    ) -> Tensor:
+        return self.predict(x, t, cond, guidance=guidance, kind=kind)
+
+    def extra_repr(self) -> str:
+        return (
+            f"schedule={self.schedule.kind}, prediction={self.prediction}, "
+            f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, steps={self.steps}"
+        )

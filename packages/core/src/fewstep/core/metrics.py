@@ -1,0 +1,212 @@
+"""Sample-quality metrics on feature matrices of shape (N, D).
+
+Every function takes torch tensors or numpy arrays, computes in float64 on the CPU and returns
+plain Python floats. The features themselves (e.g. from fewstep's own classifier) are computed
+elsewhere: these metrics only compare two sets of vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+# Rows per torch.cdist block: keeps one (rows, N) float64 distance block near 64 MiB.
+_BLOCK_ELEMS = 1 << 23
+# Points used for the median-heuristic bandwidth of `mmd`; larger pooled sets are subsampled.
+_MEDIAN_MAX_POINTS = 2048
+
+
+def _as_features(x: ArrayLike, name: str, min_n: int = 2) -> np.ndarray:
+    """Checks that `x` is a finite (N, D) matrix with N >= min_n and returns it as float64."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    x = np.asarray(x)
+    if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}.")
+    x = x.astype(np.float64, copy=False)
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D (N, D) feature matrix, got shape {tuple(x.shape)}; "
+            f"flatten each sample first, e.g. x.reshape(len(x), -1) (or x[:, None] for scalars)."
+        )
+    if x.shape[0] < min_n or x.shape[1] < 1:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, but this metric needs at least {min_n} samples "
+            f"(rows) of at least 1 feature; pass more samples."
+        )
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise ValueError(
+            f"{name} contains NaN or inf in {bad} of {x.shape[0]} rows; "
+            f"drop or fix those samples (diverged sampler?) before computing metrics."
+        )
+    return x
+
+
+def _as_pair(a: ArrayLike, b: ArrayLike, names: tuple[str, str], min_n: int = 2):
+    """Validates both feature matrices and checks that they share the feature dimension D."""
+    a, b = _as_features(a, names[0], min_n), _as_features(b, names[1], min_n)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same feature dimension D, got "
+            f"{a.shape[1]} and {b.shape[1]}; extract both with the same feature network."
+        )
+    return a, b
+
+
+def gaussian_stats(feats: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian fit for FID (Heusel et al. 2017): sample mean (D,) and covariance (D, D), ddof 1."""
+    x = _as_features(feats, "feats", min_n=2)  # (N, D)
+    mu = x.mean(axis=0)
+    xc = x - mu
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    return mu, (cov + cov.T) / 2  # exact symmetry for eigh downstream
+
+
+def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
+    """Symmetric PSD square root via eigh; tiny negative eigenvalues (round-off) become 0."""
+    w, v = scipy.linalg.eigh(c)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
+    """Fréchet distance of two Gaussians (Heusel et al. 2017, FID), from their statistics.
+
+    |mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^1/2); accepts numpy arrays or tensors.
+    """
+    mu1, mu2 = (np.asarray(torch.as_tensor(m).double()).reshape(-1) for m in (mu1, mu2))
+    cov1, cov2 = (np.asarray(torch.as_tensor(c).double()) for c in (cov1, cov2))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError(
+            f"expected mu1, mu2 of shape (D,) and cov1, cov2 of shape (D, D); got {mu1.shape}, "
+            f"{mu2.shape}, {cov1.shape}, {cov2.shape}; compute them with gaussian_stats()."
+        )
+    if not all(np.isfinite(t).all() for t in (mu1, mu2, cov1, cov2)):
+        raise ValueError(
+            "Gaussian statistics contain NaN or inf; check the features they came from."
+        )
+    # tr((C1 C2)^1/2) = sum of sqrt(eig(C1 C2)), and C1 C2 = S1 (S1 C2) has the eigenvalues of the
+    # symmetric PSD matrix S1 C2 S1 (S1 = C1^1/2): real, and no complex sqrtm is needed.
+    s1 = _sqrtm_psd((cov1 + cov1.T) / 2)
+    m = s1 @ ((cov2 + cov2.T) / 2) @ s1
+    eig = scipy.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
+    diff = mu1 - mu2
+    fd = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean
+    return float(max(fd, 0.0))
+
+
+def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets (Heusel et al. 2017, FID)."""
+    a, b = _as_pair(feats_a, feats_b, ("feats_a", "feats_b"), min_n=2)
+    return frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))
+
+
+def sliced_wasserstein(
+    a: ArrayLike, b: ArrayLike, n_projections: int = 256, p: float = 2, seed: int = 0
+) -> float:
+    """Sliced p-Wasserstein distance (Rabin et al. 2011; Bonneel et al. 2015), random directions."""
+    a, b = _as_pair(a, b, ("a", "b"), min_n=1)
+    if n_projections < 1 or p < 1:
+        raise ValueError(f"need n_projections >= 1 and p >= 1, got {n_projections} and {p}.")
+    n, m, d = a.shape[0], b.shape[0], a.shape[1]
+    theta = np.random.default_rng(seed).standard_normal((d, n_projections))
+    theta /= np.linalg.norm(theta, axis=0, keepdims=True)  # (D, L) unit directions
+    qa = np.sort(a @ theta, axis=0)  # (N, L) empirical quantiles of each 1-D projection
+    qb = np.sort(b @ theta, axis=0)  # (M, L)
+    # W_p^p = int_0^1 |F^-1(u) - G^-1(u)|^p du. Both quantile functions are step functions with
+    # breaks at i/N and j/M, so on the merged grid of levels the integral is an exact finite sum.
+    u = np.sort(np.concatenate([np.arange(n + 1) / n, np.arange(1, m) / m]))  # (N+M,)
+    width, mid = np.diff(u), (u[:-1] + u[1:]) / 2
+    ia = np.minimum((mid * n).astype(np.int64), n - 1)
+    ib = np.minimum((mid * m).astype(np.int64), m - 1)
+    wpp = (width[:, None] * np.abs(qa[ia] - qb[ib]) ** p).sum(axis=0)  # (L,) W_p^p per direction
+    return float(wpp.mean() ** (1.0 / p))
+
+
+def _pairwise_dist(x: torch.Tensor, y: torch.Tensor):
+    """Yields (row slice, distance block (rows, M)) for the rows of x, in memory-bounded chunks."""
+    rows = max(1, _BLOCK_ELEMS // max(1, y.shape[0]))
+    for i in range(0, x.shape[0], rows):
+        yield slice(i, i + rows), torch.cdist(x[i : i + rows], y).clamp_min_(0.0)
+
+
+def _rbf_sum(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+    """Sum over all pairs of the Gaussian kernel exp(-|x - y|^2 / (2 h^2))."""
+    total = 0.0
+    for _, dist in _pairwise_dist(x, y):
+        total += torch.exp(-dist.square() / (2.0 * bandwidth**2)).sum().item()
+    return total
+
+
+def _median_bandwidth(z: np.ndarray) -> float:
+    """Median of pooled pairwise distances (i < j); a fixed-seed subsample for large pools."""
+    if z.shape[0] > _MEDIAN_MAX_POINTS:
+        keep = np.random.default_rng(0).choice(z.shape[0], _MEDIAN_MAX_POINTS, replace=False)
+        z = z[keep]
+    zt = torch.from_numpy(z)
+    iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1)
+    return float(torch.cdist(zt, zt)[iu[0], iu[1]].median())
+
+
+def mmd(a: ArrayLike, b: ArrayLike, bandwidth: float | None = None, unbiased: bool = True) -> float:
+    """Squared MMD with a Gaussian RBF kernel (Gretton et al. 2012, Eq. 3 unbiased / Eq. 5 biased).
+
+    `bandwidth` is the kernel's h in exp(-|x-y|^2 / (2 h^2)); None takes the median pairwise
+    distance of the pooled samples (subsampled to 2048 points when larger). The unbiased
+    U-statistic drops the i == j terms and can be slightly negative when a and b match.
+    """
+    a, b = _as_pair(a, b, ("a", "b"), min_n=2)
+    if bandwidth is None:
+        bandwidth = _median_bandwidth(np.concatenate([a, b]))
+        if bandwidth <= 0.0:
+            raise ValueError(
+                "median heuristic gave bandwidth 0 (most samples are identical); "
+                "pass bandwidth=<positive float> explicitly."
+            )
+    elif not (np.isfinite(bandwidth) and bandwidth > 0):
+        raise ValueError(f"bandwidth must be a positive finite float or None, got {bandwidth}.")
+    n, m = a.shape[0], b.shape[0]
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    k_aa, k_bb = _rbf_sum(at, at, bandwidth), _rbf_sum(bt, bt, bandwidth)
+    k_ab = _rbf_sum(at, bt, bandwidth)
+    if unbiased:
+        # k(x, x) = 1, so the diagonal of each within-set sum is exactly n (resp. m).
+        return float((k_aa - n) / (n * (n - 1)) + (k_bb - m) / (m * (m - 1)) - 2.0 * k_ab / (n * m))
+    return float(k_aa / n**2 + k_bb / m**2 - 2.0 * k_ab / (n * m))
+
+
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row (the point itself excluded)."""
+    radii = torch.empty(x.shape[0], dtype=x.dtype)
+    for rows, dist in _pairwise_dist(x, x):
+        # The k+1 smallest include the point itself at distance ~0.
+        radii[rows] = dist.topk(k + 1, dim=1, largest=False).values[:, -1]
+    return radii
+
+
+def _coverage(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor) -> float:
+    """Fraction of query rows inside at least one k-NN hypersphere of ref."""
+    inside = 0
+    for _, dist in _pairwise_dist(query, ref):
+        inside += int((dist <= radii[None, :]).any(dim=1).sum())
+    return inside / query.shape[0]
+
+
+def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN hyperspheres.
+
+    Precision: fraction of fake samples inside the k-NN manifold of real (fidelity).
+    Recall: fraction of real samples inside the k-NN manifold of fake (coverage).
+    """
+    if not (isinstance(k, int | np.integer) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}; the paper uses k=3.")
+    real, fake = _as_pair(real, fake, ("real", "fake"), min_n=k + 1)
+    rt, ft = torch.from_numpy(real), torch.from_numpy(fake)  # (N, D), (M, D) float64
+    precision = _coverage(ft, rt, _knn_radii(rt, k))
+    recall = _coverage(rt, ft, _knn_radii(ft, k))
+    return precision, recall

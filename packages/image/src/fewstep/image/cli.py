@@ -1,0 +1,99 @@
+"""``fewstep-image``: list, evaluate, retrain and demo the image models (thin: parse and call)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="fewstep for images.")
+
+
+@app.command()
+def models() -> None:
+    """List the shipped models with a one-line summary from their cards."""
+    from .registry import shipped_names, summary
+
+    for name in shipped_names():
+        typer.echo(f"{name:24s} {summary(name)}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="shipped name (see `models`) or checkpoint path"),
+    solver: str = typer.Option("dpmpp_2m", help="sampler; `fewstep info` lists them"),
+    steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's own, else 20)"),
+    grid: str = typer.Option("logsnr", help="time grid: uniform, logsnr, karras, quadratic"),
+    n: int = typer.Option(500, help="number of samples"),
+    seed: int = typer.Option(0),
+    guidance: float = typer.Option(1.0, help="classifier-free guidance scale (1 = none)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Sample a model and print dFD, accuracy, recall, NFE and seconds per sample."""
+    from .evaluate import EvalConfig, evaluate_denoiser
+    from .registry import load_model
+
+    den = load_model(model)
+    cfg = EvalConfig(solver=solver, steps=steps or den.steps or 20, grid=grid, n=n, seed=seed, guidance=guidance)
+    r = evaluate_denoiser(den, cfg)
+    if as_json:
+        typer.echo(json.dumps({"model": model, **r}))
+        return
+    typer.echo(
+        f"{model}: {r['solver']} {r['steps']} steps | dFD {r['dfd']:.3f} | accuracy {r['accuracy']:.3f} | "
+        f"recall {r['recall']:.3f} | precision {r['precision']:.3f} | NFE {r['nfe']:.0f} | "
+        f"{r['seconds_per_sample'] * 1e3:.2f} ms/sample"
+    )
+
+
+@app.command("train-teacher")
+def train_teacher_cmd(
+    dataset: str = typer.Argument(..., help="digits or shapes"),
+    out: Path = typer.Option(..., help="checkpoint stem to write (out.safetensors + out.json)"),
+    steps: Optional[int] = typer.Option(None, help="training steps (default: the shipped recipe's)"),
+    seed: int = typer.Option(0),
+    work_dir: Optional[Path] = typer.Option(None, help="checkpoints for resume (default: OUT.work)"),
+) -> None:
+    """Retrain a teacher from scratch with the shipped recipe; resumes if interrupted.
+
+    Scale out with: torchrun --nproc-per-node N $(which fewstep-image) train-teacher ...
+    """
+    from .teachers import train_teacher
+
+    train_teacher(dataset, out, work_dir=work_dir, steps=steps, seed=seed)
+    typer.echo(f"saved {out}.safetensors and {out}.json")
+
+
+@app.command("train-classifier")
+def train_classifier_cmd(
+    dataset: str = typer.Argument(..., help="digits or shapes"),
+    out: Optional[Path] = typer.Option(None, help="checkpoint stem (default: the shipped location)"),
+) -> None:
+    """Retrain the feature classifier that defines dFD for a dataset."""
+    from .classifier import main as classifier_main
+
+    classifier_main(["--dataset", dataset] + (["--out", str(out)] if out else []))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="folder for report.md and figures"),
+    n: int = typer.Option(400, help="samples per measurement"),
+    solver: str = typer.Option("dpmpp_2m"),
+    nfe: str = typer.Option("5,10,20,50", help="comma-separated step counts"),
+    seed: int = typer.Option(0),
+) -> None:
+    """The main job: sample the shipped teachers, measure quality vs NFE, write OUT/report.md."""
+    from .demo import run_demo
+
+    run_demo(out, nfe=tuple(int(s) for s in nfe.split(",")), n=n, solver=solver, seed=seed, log=typer.echo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

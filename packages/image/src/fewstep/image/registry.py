@@ -1,0 +1,58 @@
+"""Shipped models by name: ``digits-teacher``, ``shapes-teacher``, the classifiers, later students.
+
+A name resolves to a checkpoint stem in the package's ``weights/`` folder; anything else is treated
+as a path to a fewstep checkpoint (``model.safetensors`` + ``model.json``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fewstep.core.checkpoints import load_denoiser
+from fewstep.core.denoiser import Denoiser
+from fewstep.core.io import checkpoint_paths, read_card
+
+from .classifier import weights_dir
+
+
+def shipped_names() -> list[str]:
+    """Names of every checkpoint in the package's weights folder."""
+    return sorted(p.stem for p in weights_dir().glob("*.json"))
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """Checkpoint stem for a shipped name or a path; a clear error when neither exists."""
+    s = str(name_or_path)
+    if s in shipped_names():
+        return weights_dir() / s
+    stem = checkpoint_paths(s)[0].with_suffix("")
+    if checkpoint_paths(stem)[1].is_file():
+        return stem
+    raise FileNotFoundError(
+        f"{s!r} is neither a shipped model ({', '.join(shipped_names()) or 'none installed'}) nor a "
+        f"checkpoint path (expected {stem}.safetensors and {stem}.json)"
+    )
+
+
+def load_model(name_or_path: str | os.PathLike, device: str = "cpu") -> Denoiser:
+    """Load a shipped or saved Denoiser."""
+    return load_denoiser(resolve(name_or_path), device=device)
+
+
+def summary(name_or_path: str | os.PathLike) -> str:
+    """One line from a checkpoint's card: what it is, what it was trained on, its quality."""
+    card = read_card(resolve(name_or_path))
+    if card.get("kind") == "denoiser":
+        info = card.get("info", {})
+        q = card.get("quality") or info.get("quality") or {}
+        steps = f"{card['steps']}-step student" if card.get("steps") else "teacher"
+        quality = f", dFD {q['dfd']:.2f} / acc {q['accuracy']:.2f} at {q['nfe']} NFE" if q else ""
+        return (
+            f"{steps} on {info.get('dataset', '?')}: {card['net']['kind']} {card['prediction']}-prediction, "
+            f"{card['schedule']['kind']}{quality}"
+        )
+    if card.get("kind") == "classifier":
+        acc = card.get("test_accuracy")
+        return f"classifier for {card.get('dataset', '?')} (dFD features)" + (f", test accuracy {acc:.3f}" if acc else "")
+    return str(card.get("kind", "unknown"))
