@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-
 from fewstep.core.io import CheckpointError, checkpoint_paths
 from fewstep.image.classifier import accuracy, classifier_path, load_classifier
 from fewstep.image.data import load_dataset, make_shapes
@@ -15,6 +14,8 @@ from fewstep.image.quality import (
     real_data_baseline,
     shipped_classifier,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _real(name: str, split: str, n: int):
@@ -33,36 +34,36 @@ def test_shipped_classifier_loads_small_and_accurate(name):
     assert card["kind"] == "classifier" and card["dataset"] == name
     assert card["test_accuracy"] >= {"digits": 0.97, "shapes": 0.98}[name]
     model = shipped_classifier(name)
-    x, y = _real(name, "test", 300)
+    x, y = _real(name, "test", 240)
     assert accuracy(model, x, y) >= 0.95
 
 
 def test_digits_dfd_real_is_small_and_noise_is_large():
     x, y = load_dataset("digits", "train")
-    real = evaluate_samples("digits", x[:500], y[:500])  # vs the real test split
-    noise = torch.rand(500, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    fake = evaluate_samples("digits", noise, y[:500])
+    real = evaluate_samples("digits", x[:300], y[:300])  # vs the real test split
+    noise = torch.rand(300, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fake = evaluate_samples("digits", noise, y[:300])
     assert real.dfd < 6 and real.accuracy > 0.97 and real.precision > 0.8 and real.recall > 0.5
     assert fake.dfd > 10 * real.dfd and fake.precision < 0.5
-    assert sum(real.class_histogram) == real.n == 500 and len(real.class_histogram) == 10
-    assert min(real.class_histogram) > 20  # every digit predicted
-    assert json.loads(json.dumps(real.to_dict()))["n"] == 500
+    assert sum(real.class_histogram) == real.n == 300 and len(real.class_histogram) == 10
+    assert min(real.class_histogram) > 15  # every digit predicted
+    assert json.loads(json.dumps(real.to_dict()))["n"] == 300
 
 
 def test_shapes_dfd_real_is_small_and_noise_is_large():
-    reference, _ = _real("shapes", "test", 300)
-    x, y = _real("shapes", "train", 300)
+    reference, _ = _real("shapes", "test", 180)
+    x, y = _real("shapes", "train", 180)
     real = evaluate_samples("shapes", x, y, reference=reference)
-    noise = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise = torch.rand(180, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fake = evaluate_samples("shapes", noise, y, reference=reference)
     assert real.dfd < 5 and real.accuracy > 0.97
     assert fake.dfd > 20 * real.dfd and fake.accuracy < 0.3
-    assert min(real.class_histogram) > 10  # every class predicted
+    assert min(real.class_histogram) > 8  # every class predicted (15 of each drawn)
 
 
 def test_real_data_baseline_is_a_report():
-    floor = real_data_baseline("digits")
-    assert isinstance(floor, QualityReport) and floor.n == 1527 and floor.dfd < 5
+    floor = real_data_baseline("digits", n=300)
+    assert isinstance(floor, QualityReport) and floor.n == 300 and floor.dfd < 6
 
 
 def test_wrong_samples_raise_clear_errors():

@@ -27,6 +27,7 @@ def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> di
         "num_classes": denoiser.num_classes,
         "guidance": denoiser.guidance,
         "steps": denoiser.steps,
+        "clip_x0": denoiser.clip_x0,
         "info": denoiser.info,
     }
 
@@ -74,6 +75,7 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
         num_classes=int(card.get("num_classes", 0)),
         guidance=float(card.get("guidance", 1.0)),
         steps=card.get("steps"),
+        clip_x0=card.get("clip_x0"),
         info=card.get("info", {}),
     )
     den.card = card

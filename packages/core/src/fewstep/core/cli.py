@@ -7,10 +7,13 @@ from pathlib import Path
 
 import typer
 
+from .cli_support import friendly
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fewstep core tools.")
 
 
 @app.command()
+@friendly
 def info() -> None:
     """List solvers, time grids, schedules, parametrisations and backbones."""
     from .denoiser import PREDICTIONS
@@ -26,6 +29,7 @@ def info() -> None:
 
 
 @app.command()
+@friendly
 def inspect(path: Path = typer.Argument(..., help="checkpoint stem or its .safetensors/.json file")) -> None:
     """Verify a checkpoint (size, hash, tensors) and print its card."""
     from .io import load_weights

@@ -81,6 +81,9 @@ class Denoiser(nn.Module):
         num_classes: for class-label nets, the null label (unconditional) is ``num_classes``.
         guidance: default classifier-free guidance scale w (1 = no guidance).
         steps: for distilled students, the number of steps they were trained for (None = any).
+        clip_x0: if set, x0 predictions are clipped to [-clip_x0, clip_x0] at sampling time (not in
+            training mode) and the other parametrisations follow from the clipped x0 (diffusers'
+            ``clip_sample``; Saharia et al. 2022 static thresholding). For data in a known range.
     Counters: ``nfe`` counts Denoiser calls, ``net_evals`` counts network forward passes
     (a guided call is one NFE and two network evaluations).
     """
@@ -95,6 +98,7 @@ class Denoiser(nn.Module):
         num_classes: int = 0,
         guidance: float = 1.0,
         steps: int | None = None,
+        clip_x0: float | None = None,
         info: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -109,6 +113,9 @@ class Denoiser(nn.Module):
         self.num_classes = int(num_classes)
         self.guidance = float(guidance)
         self.steps = steps
+        if clip_x0 is not None and clip_x0 <= 0:
+            raise ValueError(f"clip_x0={clip_x0} must be positive (the data range), or None")
+        self.clip_x0 = clip_x0
         self.info = dict(info or {})
         self.nfe = 0
         self.net_evals = 0
@@ -181,10 +188,16 @@ class Denoiser(nn.Module):
         t = self._check(x, t, cond)
         self.nfe += 1
         out = self.raw(x, t, cond, guidance)
-        if kind == self.prediction:
+        clip = self.clip_x0 is not None and not self.training
+        if kind == self.prediction and not clip:
             return out
         alpha, sigma = self.coefficients(t)
-        return convert(out, self.prediction, kind, x, alpha, sigma)
+        if not clip:
+            return convert(out, self.prediction, kind, x, alpha, sigma)
+        x0, _ = to_x0_eps(out, self.prediction, x, alpha, sigma)
+        x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        eps = (x - _bcast(alpha, x) * x0) / _bcast(sigma, x)
+        return from_x0_eps(x0, eps, kind, alpha, sigma)
 
     def forward(
         self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, guidance: float | None = None, kind: str = "x0"
@@ -194,5 +207,6 @@ class Denoiser(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"schedule={self.schedule.kind}, prediction={self.prediction}, "
-            f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, steps={self.steps}"
+            f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, steps={self.steps}, "
+            f"clip_x0={self.clip_x0}"
         )

@@ -54,12 +54,20 @@ class DiffusersNet(nn.Module):
         null_embedding: (L, D) embedding fed for NaN rows / a missing cond on text models.
     """
 
-    def __init__(self, model: nn.Module, *, null_label: int | None = None, null_embedding: Tensor | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        null_label: int | None = None,
+        null_embedding: Tensor | None = None,
+    ):
         super().__init__()
         self.model = model
         params = _forward_params(model)
         if not params:
-            raise TypeError(f"{type(model).__name__}.forward takes no arguments; not a diffusion model")
+            raise TypeError(
+                f"{type(model).__name__}.forward takes no arguments; not a diffusion model"
+            )
         if "timestep" not in params:
             raise TypeError(
                 f"{type(model).__name__}.forward{tuple(params)} has no 'timestep' argument; "
@@ -69,19 +77,25 @@ class DiffusersNet(nn.Module):
         cfg = _config(model)
         if "encoder_hidden_states" in params:
             self.cond_mode = "embedding"
-        elif "class_labels" in params and (cfg.get("num_class_embeds") or cfg.get("num_embeds_ada_norm")):
+        elif "class_labels" in params and (
+            cfg.get("num_class_embeds") or cfg.get("num_embeds_ada_norm")
+        ):
             self.cond_mode = "labels"
         else:
             self.cond_mode = "none"
         self.null_label = null_label
         if null_embedding is not None:
             if self.cond_mode != "embedding":
-                raise ValueError(f"null_embedding given but {type(model).__name__} takes no encoder_hidden_states")
+                raise ValueError(
+                    f"null_embedding given but {type(model).__name__} takes no encoder_hidden_states"
+                )
             null_embedding = torch.as_tensor(null_embedding)
             if null_embedding.ndim == 3 and null_embedding.shape[0] == 1:
                 null_embedding = null_embedding[0]
             if null_embedding.ndim != 2:
-                raise ValueError(f"null_embedding must have shape (L, D), got {tuple(null_embedding.shape)}")
+                raise ValueError(
+                    f"null_embedding must have shape (L, D), got {tuple(null_embedding.shape)}"
+                )
         self.register_buffer("null_embedding", null_embedding, persistent=False)
         in_ch, out_ch = cfg.get("in_channels"), cfg.get("out_channels")
         # DiT / improved-DDPM nets with learned variance output [prediction, variance] on channels.
@@ -92,7 +106,9 @@ class DiffusersNet(nn.Module):
         if cond is None:
             return torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
         if cond.is_floating_point():
-            raise TypeError(f"{type(self.model).__name__} takes int class labels, got a {cond.dtype} cond")
+            raise TypeError(
+                f"{type(self.model).__name__} takes int class labels, got a {cond.dtype} cond"
+            )
         return cond.to(x.device)
 
     def _embedding(self, x: Tensor, cond: Tensor | None) -> Tensor:
@@ -105,20 +121,26 @@ class DiffusersNet(nn.Module):
                 )
             return null.to(x.device, x.dtype).expand(x.shape[0], *null.shape)
         if cond.ndim != 3:
-            raise ValueError(f"cond must be encoder_hidden_states (B, L, D), got {tuple(cond.shape)}")
+            raise ValueError(
+                f"cond must be encoder_hidden_states (B, L, D), got {tuple(cond.shape)}"
+            )
         nan = torch.isnan(cond)
         is_null = nan.flatten(1).all(1)  # (B,) rows that are fewstep's null cond
         if not nan.any():
             return cond
         if bool((nan.flatten(1).any(1) & ~is_null).any()):
-            raise ValueError("cond has NaN values in rows that are not entirely NaN (null rows must be all NaN)")
+            raise ValueError(
+                "cond has NaN values in rows that are not entirely NaN (null rows must be all NaN)"
+            )
         if null is None:
             raise ValueError(
                 "cond has all-NaN (unconditional) rows but no null_embedding was given; pass "
                 "from_diffusers(..., null_embedding=<(L, D) empty-prompt embedding>) to use guidance"
             )
         if tuple(null.shape) != tuple(cond.shape[1:]):
-            raise ValueError(f"null_embedding has shape {tuple(null.shape)} but cond rows are {tuple(cond.shape[1:])}")
+            raise ValueError(
+                f"null_embedding has shape {tuple(null.shape)} but cond rows are {tuple(cond.shape[1:])}"
+            )
         return torch.where(is_null.view(-1, 1, 1), null.to(cond.device, cond.dtype), cond)
 
     # -- call ------------------------------------------------------------------------------------
@@ -132,7 +154,13 @@ class DiffusersNet(nn.Module):
         elif cond is not None:
             raise ValueError(f"{type(self.model).__name__} is unconditional; cond must be None")
         out = self.model(**kwargs)
-        out = out.sample if hasattr(out, "sample") else out[0] if isinstance(out, (tuple, list)) else out
+        out = (
+            out.sample
+            if hasattr(out, "sample")
+            else out[0]
+            if isinstance(out, (tuple, list))
+            else out
+        )
         if self.learned_sigma:
             out = out[:, : x.shape[1]]  # (B, C, H, W): drop the learned-variance half
         return out.to(x.dtype)
@@ -174,7 +202,9 @@ def from_diffusers(
     net = DiffusersNet(model, null_label=_null_label(model), null_embedding=null_embedding)
     num_classes = net.null_label if net.cond_mode == "labels" else 0
     if guidance != 1.0 and net.cond_mode == "none":
-        raise ValueError(f"guidance={guidance} needs a conditional model; {type(model).__name__} is unconditional")
+        raise ValueError(
+            f"guidance={guidance} needs a conditional model; {type(model).__name__} is unconditional"
+        )
     model.eval()
     return Denoiser(
         net,
@@ -253,7 +283,9 @@ def load_diffusers(
         name = _read_json(d / cfg_name).get("_class_name")
         cls = getattr(diffusers, name, None) if isinstance(name, str) else None
         if cls is None:
-            raise ValueError(f"{d / cfg_name}: _class_name {name!r} is not a class in diffusers {diffusers.__version__}")
+            raise ValueError(
+                f"{d / cfg_name}: _class_name {name!r} is not a class in diffusers {diffusers.__version__}"
+            )
         classes[cfg_name] = cls
     model = classes["config.json"].from_pretrained(model_dir, local_files_only=True)
     scheduler = classes["scheduler_config.json"].from_pretrained(sched_dir, local_files_only=True)

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from fewstep.core.io import CheckpointError, load_state_into, load_weights, save_weights
 from fewstep.image.data import dataset_info, load_dataset
+from torch import nn
 
-# Training recipe used for the shipped weights: dataset -> (steps, max scale jitter).
+# Training recipe of the shipped weights, per dataset: steps, and max relative scale jitter.
 DEFAULT_STEPS = {"digits": 1500, "shapes": 1000}
 SCALE_JITTER = {"digits": 0.10, "shapes": 0.05}
 
@@ -139,7 +138,9 @@ def predict(model: Classifier, x: torch.Tensor, batch_size: int = 500) -> torch.
     """Predicted labels (N,) of images x (N, C, H, W), in batches."""
     model.eval()
     dev = next(model.parameters()).device
-    out = [model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    out = [
+        model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out)
 
 

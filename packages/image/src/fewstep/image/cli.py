@@ -8,10 +8,13 @@ from typing import Optional
 
 import typer
 
+from fewstep.core.cli_support import friendly
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fewstep for images.")
 
 
 @app.command()
+@friendly
 def models() -> None:
     """List the shipped models with a one-line summary from their cards."""
     from .registry import shipped_names, summary
@@ -21,6 +24,7 @@ def models() -> None:
 
 
 @app.command()
+@friendly
 def evaluate(
     model: str = typer.Argument(..., help="shipped name (see `models`) or checkpoint path"),
     solver: str = typer.Option("dpmpp_2m", help="sampler; `fewstep info` lists them"),
@@ -49,6 +53,7 @@ def evaluate(
 
 
 @app.command("train-teacher")
+@friendly
 def train_teacher_cmd(
     dataset: str = typer.Argument(..., help="digits or shapes"),
     out: Path = typer.Option(..., help="checkpoint stem to write (out.safetensors + out.json)"),
@@ -67,6 +72,7 @@ def train_teacher_cmd(
 
 
 @app.command("train-classifier")
+@friendly
 def train_classifier_cmd(
     dataset: str = typer.Argument(..., help="digits or shapes"),
     out: Optional[Path] = typer.Option(None, help="checkpoint stem (default: the shipped location)"),
@@ -78,6 +84,7 @@ def train_classifier_cmd(
 
 
 @app.command()
+@friendly
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="folder for report.md and figures"),
     n: int = typer.Option(400, help="samples per measurement"),

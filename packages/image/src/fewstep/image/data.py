@@ -58,7 +58,9 @@ def _digits_all(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = _digits_raw()
     x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
     if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     x = x.clamp(0.0, 1.0) * 2.0 - 1.0  # (N, 1, size, size) in [-1, 1]
     y = torch.as_tensor(labels, dtype=torch.int64)  # (N,)
     return x, y

@@ -61,6 +61,7 @@ def build_teacher(recipe: TeacherRecipe) -> Denoiser:
         recipe.prediction,
         sample_shape=(info.channels, info.size, info.size),
         num_classes=info.num_classes,
+        clip_x0=1.0,  # data lie in [-1, 1]; diffusers' DDPM default clip_sample does the same
     )
 
 

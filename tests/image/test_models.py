@@ -1,0 +1,91 @@
+"""Shipped teachers, the registry, evaluate and the demo (small n: quick behaviour checks)."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fewstep.core.solvers import sample
+from fewstep.image.cli import app
+from fewstep.image.quality import evaluate_samples
+from fewstep.image.registry import load_model, resolve, shipped_names, summary
+
+runner = CliRunner()
+
+
+def test_registry_lists_teachers_and_classifiers():
+    names = shipped_names()
+    assert {"digits-teacher", "shapes-teacher", "digits-classifier", "shapes-classifier"} <= set(names)
+    assert "teacher on digits" in summary("digits-teacher")
+    with pytest.raises(FileNotFoundError, match="neither a shipped model"):
+        resolve("no-such-model")
+
+
+@torch.no_grad()
+def test_digits_teacher_samples_are_recognisable():
+    torch.manual_seed(0)
+    den = load_model("digits-teacher")
+    y = torch.arange(300) % 10
+    x = sample(den, torch.randn(300, 1, 16, 16), "dpmpp_2m", steps=20, cond=y).clamp(-1, 1)
+    q = evaluate_samples("digits", x, y)
+    assert q.accuracy >= 0.9, q
+    assert q.dfd < 5.0, q
+
+
+@torch.no_grad()
+def test_shapes_teacher_samples_are_recognisable():
+    torch.manual_seed(0)
+    den = load_model("shapes-teacher")
+    y = torch.arange(96) % 12
+    x = sample(den, torch.randn(96, 3, 32, 32), "dpmpp_2m", steps=10, cond=y).clamp(-1, 1)
+    q = evaluate_samples("shapes", x, y)
+    assert q.accuracy >= 0.9, q
+
+
+def test_guidance_sharpens_class_agreement():
+    den = load_model("digits-teacher")
+    y = torch.arange(200) % 10
+    noise = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    acc = {}
+    for w in (0.0, 3.0):  # w = 0 is the unconditional model
+        x = sample(den, noise, "dpmpp_2m", steps=10, cond=y, guidance=w).clamp(-1, 1)
+        acc[w] = evaluate_samples("digits", x, y).accuracy
+    assert acc[3.0] > acc[0.0] + 0.5, acc
+
+
+def test_evaluate_cli_json():
+    r = runner.invoke(app, ["evaluate", "digits-teacher", "--steps", "4", "--n", "40", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output.strip().splitlines()[-1])
+    assert {"dfd", "accuracy", "recall", "nfe", "seconds_per_sample"} <= set(d)
+    assert d["nfe"] == 4
+
+
+def test_cli_errors_are_clear():
+    r = runner.invoke(app, ["evaluate", "nope"])
+    assert r.exit_code == 2 and "neither a shipped model" in r.output
+    r = runner.invoke(app, ["evaluate", "digits-teacher", "--steps", "0"])
+    assert r.exit_code == 2 and "at least 1 step" in r.output
+
+
+def test_models_cli_lists_every_shipped_model():
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0 and "digits-teacher" in r.output and "shapes-classifier" in r.output
+
+
+def test_train_teacher_cli_writes_a_loadable_checkpoint(tmp_path):
+    r = runner.invoke(app, ["train-teacher", "digits", "--out", str(tmp_path / "t"), "--steps", "3"])
+    assert r.exit_code == 0, r.output
+    den = load_model(tmp_path / "t")
+    assert den.info["train_steps"] == 3 and den.sample_shape == (1, 16, 16)
+
+
+def test_demo_writes_report(tmp_path):
+    from fewstep.image.demo import run_demo
+
+    report = run_demo(tmp_path, models=("digits-teacher",), nfe=(2, 4), n=40, log=lambda *_: None)
+    text = report.read_text()
+    assert "| digits-teacher | dpmpp_2m | 4 |" in text
+    assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 1000
+    assert (tmp_path / "digits-teacher-samples.png").stat().st_size > 500
