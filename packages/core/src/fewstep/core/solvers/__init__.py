@@ -2,6 +2,9 @@
 
 ``sample(denoiser, x_T, solver=..., steps=..., grid=...)`` is the one entry point; each solver is a
 short function ``sample_<name>(model, x, ts, **opts)`` where ``model(x, t)`` returns x0.
+
+Cost: ``steps`` counts grid intervals. Multistep solvers (ddim, ddpm, dpmpp_*, unipc_*) spend one
+NFE per interval; heun spends 2 (1 into t = 0); single-step ``dpm_solver_k`` spends k per interval.
 """
 
 from __future__ import annotations
@@ -12,17 +15,29 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
+from .common import check_grid
 from .first_order import sample_ddim
 from .grids import GRIDS, make_grid
-from .second_order import sample_dpmpp_2m, sample_heun
+from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
+from .second_order import sample_heun
+from .singlestep import sample_dpm_solver
+from .unipc import sample_unipc
 
 SOLVERS = {
     "ddim": sample_ddim,
     "ddpm": partial(sample_ddim, eta=1.0),
     "heun": sample_heun,
+    "dpm_solver_1": partial(sample_dpm_solver, order=1),
+    "dpm_solver_2": partial(sample_dpm_solver, order=2),
+    "dpm_solver_3": partial(sample_dpm_solver, order=3),
     "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "unipc_bh1": partial(sample_unipc, variant="bh1"),
+    "unipc_bh2": partial(sample_unipc, variant="bh2"),
+    "unipc": partial(sample_unipc, variant="bh2"),
 }
-STOCHASTIC = {"ddpm"}
+STOCHASTIC = {"ddpm", "dpmpp_2m_sde"}  # these take ``generator``
 
 
 def available() -> list[str]:
@@ -51,15 +66,25 @@ def sample(
     cond: Tensor | None = None,
     guidance: float | None = None,
     generator: torch.Generator | None = None,
+    denoise_to_zero: bool = False,
     **opts,
 ) -> Tensor:
-    """Integrate from standard Gaussian noise ``x_T`` (scaled here by sigma(t_max)) to data.
+    """Integrate from standard Gaussian noise ``x_T`` (scaled here by sigma(t_0)) to data.
 
-    Returns the sample at the grid's last time (t_min, where sigma is ~1e-2 or less).
+    ``grid`` is a named grid with ``steps`` intervals from t_max to t_min, or an explicit descending
+    tensor of times in [t_min, t_max] that may end with 0 (then ``steps`` is ignored). With
+    ``denoise_to_zero`` the last time of a named grid becomes 0, so the last step returns the x0
+    prediction at t_{N-1} (diffusers' ``final_sigmas_type="zero"``; same NFE); an explicit grid
+    gets a 0 appended. Returns the sample at the grid's last time (t_min, where sigma is ~1e-2 or
+    less, or exactly 0).
     """
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; available: {available()}")
-    ts = make_grid(denoiser.schedule, steps, grid).to(x_T.device)
+        raise ValueError(f"unknown solver {solver!r}; available: {', '.join(available())}")
+    ts = check_grid(denoiser.schedule, make_grid(denoiser.schedule, steps, grid))
+    if denoise_to_zero and float(ts[-1]) != 0.0:
+        zero = ts.new_zeros(1)
+        ts = torch.cat([ts, zero]) if isinstance(grid, Tensor) else torch.cat([ts[:-1], zero])
+    ts = ts.to(x_T.device)
     model = _Bound(denoiser, cond, guidance)
     x = x_T * denoiser.schedule.sigma(ts[0]).to(x_T.dtype)
     fn = SOLVERS[solver]
@@ -68,4 +93,4 @@ def sample(
     return fn(model, x, ts, **opts).to(x_T.dtype)
 
 
-__all__ = ["sample", "available", "make_grid", "GRIDS", "SOLVERS"]
+__all__ = ["GRIDS", "SOLVERS", "STOCHASTIC", "available", "check_grid", "make_grid", "sample"]
