@@ -73,6 +73,10 @@ CASES = {
     # diffusers' 3M weighs its second difference by half (only 2nd-order accurate); diffusers_d2 matches it.
     "dpmpp_3m": (("dpmpp_3m", {"diffusers_d2": True}), lambda: diffusers.DPMSolverMultistepScheduler(solver_order=3)),
     "unipc_3": (("unipc", {"order": 3}), lambda: diffusers.UniPCMultistepScheduler(solver_order=3)),
+    "unipc_no_corrector": (
+        ("unipc", {"disable_corrector": (0, 2)}),
+        lambda: diffusers.UniPCMultistepScheduler(disable_corrector=[0, 2]),
+    ),
 }
 
 

@@ -29,7 +29,7 @@ def evaluate(
     model: str = typer.Argument(..., help="shipped name (see `models`) or checkpoint path"),
     solver: str = typer.Option("dpmpp_2m", help="sampler; `fewstep info` lists them"),
     steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's own, else 20)"),
-    grid: str = typer.Option("logsnr", help="time grid: uniform, logsnr, karras, quadratic"),
+    grid: str = typer.Option("logsnr", help="time grid: uniform, logsnr, karras, quadratic, tuned, or a searched grid .json"),
     n: int = typer.Option(500, help="number of samples"),
     seed: int = typer.Option(0),
     guidance: float = typer.Option(1.0, help="classifier-free guidance scale (1 = none)"),
@@ -40,7 +40,7 @@ def evaluate(
     from .registry import load_model
 
     den = load_model(model)
-    cfg = EvalConfig(solver=solver, steps=steps or den.steps or 20, grid=grid, n=n, seed=seed, guidance=guidance)
+    cfg = EvalConfig(solver=solver, steps=steps if steps is not None else (den.steps or 20), grid=grid, n=n, seed=seed, guidance=guidance)
     r = evaluate_denoiser(den, cfg)
     if as_json:
         typer.echo(json.dumps({"model": model, **r}))
@@ -81,6 +81,32 @@ def train_classifier_cmd(
     from .classifier import main as classifier_main
 
     classifier_main(["--dataset", dataset] + (["--out", str(out)] if out else []))
+
+
+@app.command("search-grid")
+@friendly
+def search_grid_cmd(
+    model: str = typer.Argument(..., help="shipped name or checkpoint path"),
+    steps: int = typer.Option(4, help="NFE budget (grid intervals)"),
+    solver: str = typer.Option("dpmpp_2m"),
+    metric: str = typer.Option("dfd", help="dfd, or error (to a 100-step solve of the same noise)"),
+    n: int = typer.Option(250, help="fixed noise batch the candidates are scored on"),
+    population: int = typer.Option(16),
+    iterations: int = typer.Option(10),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(..., help="where to save the grid (.json); use it with --grid FILE"),
+) -> None:
+    """AutoDiffusion: evolutionary search of the time steps for a given NFE budget."""
+    from fewstep.core.solvers.search import SearchConfig
+
+    from .grid_search import search_grid
+    from .registry import load_model
+
+    cfg = SearchConfig(steps=steps, population=population, iterations=iterations, seed=seed)
+    r = search_grid(load_model(model), cfg, solver=solver, n=n, metric=metric, out=out)
+    base = ", ".join(f"{k} {v:.4g}" for k, v in r.baselines.items())
+    typer.echo(f"searched {steps}-step grid: {metric} {r.score:.4g} (named grids: {base}); saved {out}")
+    typer.echo("times: " + ", ".join(f"{t:.5f}" for t in r.grid.tolist()))
 
 
 @app.command()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 from ..schedules import Schedule
 
-GRIDS = ("uniform", "logsnr", "karras", "quadratic")
+GRIDS = ("uniform", "logsnr", "karras", "quadratic", "tuned")
 
 
 def uniform(schedule: Schedule, steps: int) -> Tensor:
@@ -45,8 +47,13 @@ def karras(schedule: Schedule, steps: int, rho: float = 7.0) -> Tensor:
 _BUILDERS = {"uniform": uniform, "quadratic": quadratic, "logsnr": logsnr, "karras": karras}
 
 
-def make_grid(schedule: Schedule, steps: int, grid: str | Tensor = "logsnr") -> Tensor:
-    """A named grid with ``steps`` intervals, or a checked explicit descending tensor of times."""
+def make_grid(schedule: Schedule, steps: int, grid: str | os.PathLike | Tensor = "logsnr") -> Tensor:
+    """A named grid with ``steps`` intervals, a searched grid saved to a JSON file, or an explicit
+    descending tensor of times (checked)."""
+    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.endswith(".json")):
+        from .search import load_searched_grid  # a grid found by AutoDiffusion
+
+        return load_searched_grid(grid, schedule)[0]
     if isinstance(grid, Tensor):
         t = grid.to(torch.float64).flatten()
         if t.numel() < 2 or not bool((t[1:] < t[:-1]).all()):
@@ -54,6 +61,12 @@ def make_grid(schedule: Schedule, steps: int, grid: str | Tensor = "logsnr") -> 
         return t
     if steps < 1:
         raise ValueError(f"steps={steps}: sampling needs at least 1 step")
+    if grid == "tuned":
+        from .tuned import tuned_grid  # Li 2025; imports this module, hence the late import
+
+        return tuned_grid(schedule, steps)
     if grid not in _BUILDERS:
-        raise ValueError(f"unknown grid {grid!r}; use one of {GRIDS} or a descending tensor of times")
+        raise ValueError(
+            f"unknown grid {grid!r}; use one of {GRIDS}, a searched grid file (.json) or a descending tensor of times"
+        )
     return _BUILDERS[grid](schedule, steps)
