@@ -1,8 +1,10 @@
 """Convergence orders of every solver on Gaussian data (closed-form PF-ODE), plus the solver contract.
 
-Grid: Karras (rho = 7) steps, non-uniform in lambda, so the variable-step coefficients are tested
-too. On the uniform logSNR grid Gaussian data is special: 3M shows order 4 there, and UniPC-3 only
-reaches its asymptotic order 4 beyond ~128 steps; on Karras steps 32/64/128 are asymptotic.
+Grid: Karras (rho = 7) steps, non-uniform in lambda, so the variable-step coefficients of the
+multistep solvers are tested too. On the uniform logSNR grid Gaussian data is special: 3M shows
+order 4 there, and UniPC-3 only reaches its asymptotic order 4 beyond ~128 steps. The single-step
+DPM-Solvers use the logSNR grid they were designed for: on Karras steps the end-point error of
+DPM-Solver-3 passes through a sign change near 128 steps, which would inflate its measured rate.
 """
 
 import math
@@ -44,7 +46,7 @@ def _x_T(shape=(8, 1, 4, 4), seed=0):
 
 
 NO_LOF = {"lower_order_final": False}
-# (solver, options, theoretical order). UniPC-p = UniP-p + UniC-p has order p + 1 (Zhao et al. 2023, Thm. 3.1).
+# (solver, options, theoretical order). UniPC-p = UniP-p + UniC-p has order p + 1 (Zhao et al. 2023).
 ORDERS = [
     ("ddim", {}, 1),
     ("dpm_solver_1", {}, 1),
@@ -67,7 +69,8 @@ def _rates(den, solver, steps=(32, 64, 128), grid="karras", **opts):
 @pytest.mark.parametrize("solver,opts,order", ORDERS, ids=[f"{s}-{o.get('order', '')}" for s, o, _ in ORDERS])
 def test_empirical_order(schedule, solver, opts, order):
     den = Denoiser(GaussianX0(schedule), schedule, "x0")
-    errs, rates = _rates(den, solver, **opts)
+    grid = "logsnr" if solver.startswith("dpm_solver") else "karras"
+    errs, rates = _rates(den, solver, grid=grid, **opts)
     assert min(rates) > order - 0.35, (errs, rates)
 
 
@@ -142,7 +145,7 @@ def test_nfe_per_step(solver, nfe):
 @pytest.mark.parametrize(
     "schedule", [VPCosine(), RectifiedFlow(), VPDiscrete()], ids=["vp_cosine", "flow", "vp_discrete"]
 )
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", sorted(set(SOLVERS) - {"dmcmc"}))  # DMCMC runs Langevin sweeps first
 def test_single_step_to_zero_returns_x0(schedule, solver):
     den = Denoiser(GaussianX0(schedule), schedule, "x0")
     x_T = _x_T()
@@ -159,7 +162,8 @@ def test_denoise_to_zero_reaches_the_data_distribution(solver):
     x_T = _x_T()
     x = sample(den, x_T, solver, steps=40, denoise_to_zero=True, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
-    if solver not in STOCHASTIC:  # the ODE solution at t = 0 is x_T scaled to the data std
+    if solver not in STOCHASTIC | {"ts_ddim", "ts_heun"}:  # time-shift deliberately leaves the ODE path
+        # the ODE solution at t = 0 is x_T scaled to the data std
         ref = (
             x_T
             * float(schedule.sigma(schedule.t_max))

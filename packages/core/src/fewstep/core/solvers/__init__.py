@@ -9,6 +9,7 @@ NFE per interval; heun spends 2 (1 into t = 0); single-step ``dpm_solver_k`` spe
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import torch
@@ -22,6 +23,13 @@ from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from .second_order import sample_heun
 from .singlestep import sample_dpm_solver
 from .unipc import sample_unipc
+from .edm import sample_edm_sde, sample_euler
+from .dmcmc import sample_dmcmc
+from .time_shift import time_shift
+from .tuned import sample_tuned
+from .disa import DiSASchedule, disa_steps, sample_head
+from .dpm_ot import OTConfig, SemiDiscreteOT, fit_ot_map, sample_dpm_ot
+from .search import SearchConfig, SearchResult, autodiffusion_search, error_to_reference, load_searched_grid, save_searched_grid
 
 SOLVERS = {
     "ddim": sample_ddim,
@@ -36,8 +44,15 @@ SOLVERS = {
     "unipc_bh1": partial(sample_unipc, variant="bh1"),
     "unipc_bh2": partial(sample_unipc, variant="bh2"),
     "unipc": partial(sample_unipc, variant="bh2"),
+    "euler": sample_euler,
+    "edm_sde": sample_edm_sde,
+    "ts_ddim": time_shift(sample_ddim),
+    "ts_heun": time_shift(sample_heun),
+    "tuned": sample_tuned,
+    "dmcmc": sample_dmcmc,
 }
-STOCHASTIC = {"ddpm", "dpmpp_2m_sde"}  # these take ``generator``
+STOCHASTIC = {"ddpm", "dpmpp_2m_sde", "edm_sde", "dmcmc"}  # these take ``generator``
+OWN_FINISH = {"tuned"}  # stop early by design; denoise_to_zero is the solver's own final x0 call
 
 
 def available() -> list[str]:
@@ -62,7 +77,7 @@ def sample(
     x_T: Tensor,
     solver: str = "dpmpp_2m",
     steps: int = 20,
-    grid: str | Tensor = "logsnr",
+    grid: str | os.PathLike | Tensor = "logsnr",
     cond: Tensor | None = None,
     guidance: float | None = None,
     generator: torch.Generator | None = None,
@@ -80,8 +95,12 @@ def sample(
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; available: {', '.join(available())}")
+    if solver == "tuned" and isinstance(grid, str) and grid == "logsnr":
+        grid = "tuned"  # the paper's recipe is a grid and a solver together
     ts = check_grid(denoiser.schedule, make_grid(denoiser.schedule, steps, grid))
-    if denoise_to_zero and float(ts[-1]) != 0.0:
+    if solver in OWN_FINISH:
+        opts["denoise_to_zero"] = denoise_to_zero
+    elif denoise_to_zero and float(ts[-1]) != 0.0:
         zero = ts.new_zeros(1)
         ts = torch.cat([ts, zero]) if isinstance(grid, Tensor) else torch.cat([ts[:-1], zero])
     ts = ts.to(x_T.device)
@@ -93,4 +112,26 @@ def sample(
     return fn(model, x, ts, **opts).to(x_T.dtype)
 
 
-__all__ = ["GRIDS", "SOLVERS", "STOCHASTIC", "available", "check_grid", "make_grid", "sample"]
+__all__ = [
+    "GRIDS",
+    "SOLVERS",
+    "STOCHASTIC",
+    "available",
+    "check_grid",
+    "make_grid",
+    "sample",
+    "SearchConfig",
+    "SearchResult",
+    "autodiffusion_search",
+    "error_to_reference",
+    "save_searched_grid",
+    "load_searched_grid",
+    "OTConfig",
+    "SemiDiscreteOT",
+    "fit_ot_map",
+    "sample_dpm_ot",
+    "DiSASchedule",
+    "disa_steps",
+    "sample_head",
+    "time_shift",
+]

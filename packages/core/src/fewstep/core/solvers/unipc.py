@@ -2,7 +2,7 @@
 
 Each step costs one NFE. At step i the model is evaluated at the predicted x_i; UniC-p uses that
 evaluation to correct x_i (a free extra order: UniC-p after a p-th order step is of order p + 1,
-Zhao et al. 2023, Thm. 3.1), then UniP-p predicts x_{i+1} from the corrected x_i with the stored
+Zhao et al. 2023), then UniP-p predicts x_{i+1} from the corrected x_i with the stored
 x0 predictions. The final x_N is never corrected (that would cost an extra NFE), as in the
 reference code and diffusers' ``UniPCMultistepScheduler``.
 
