@@ -16,6 +16,8 @@ from .registry import load_model, summary
 
 DEFAULT_MODELS = ("digits-teacher", "shapes-teacher")
 DEFAULT_NFE = (5, 10, 20, 50)
+COMPARE_SOLVERS = ("ddim", "heun", "dpmpp_2m", "unipc")
+COMPARE_NFE = (5, 9)  # odd counts so Heun (2 NFE per step, 1 into t = 0) fits exactly
 
 
 def save_grid(x: torch.Tensor, path: Path, nrow: int) -> None:
@@ -55,6 +57,29 @@ def plot_quality(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def compare_solvers(name: str, nfes: tuple[int, ...], n: int, seed: int, log) -> list[str]:
+    """A small table: a few solvers at a few equal NFEs, error to a fine solve and dFD."""
+    from fewstep.core.solvers import sample
+
+    den = load_model(name)
+    dataset = den.info["dataset"]
+    gen = torch.Generator().manual_seed(seed + 1)
+    noise = torch.randn(n, *den.sample_shape, generator=gen)
+    y = torch.arange(n) % den.num_classes
+    ref = sample(den, noise, "dpmpp_2m", 200, cond=y, denoise_to_zero=True)
+    lines = ["| solver | NFE | error to 200-step | dFD | accuracy |", "|---|---:|---:|---:|---:|"]
+    for k in nfes:
+        for solver in COMPARE_SOLVERS:
+            steps = (k + 1) // 2 if solver == "heun" else k
+            den.reset_counters()
+            x = sample(den, noise, solver, steps, cond=y, denoise_to_zero=True)
+            err = float((x - ref).flatten(1).pow(2).mean(1).sqrt().mean())
+            q = evaluate_samples(dataset, x.clamp(-1, 1), y)
+            lines.append(f"| {solver} | {den.nfe} | {err:.4f} | {q.dfd:.3f} | {q.accuracy:.3f} |")
+            log(f"{name:16s} {solver:9s} NFE {den.nfe:2d}: error {err:.4f}  dFD {q.dfd:.3f}")
+    return lines
+
+
 def run_demo(
     out: str | os.PathLike = "demo-out",
     models: tuple[str, ...] = DEFAULT_MODELS,
@@ -89,6 +114,7 @@ def run_demo(
             f"{floor.dfd:.3f}, accuracy {floor.accuracy:.3f}, recall {floor.recall:.3f}.\n\n"
             f"![{name} samples at {nfe[-1]} steps, one class per column]({grid_name})\n"
         )
+    compare = compare_solvers(models[0], COMPARE_NFE, n, seed, log)
     plot_quality(rows, out / "quality_vs_nfe.png")
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = [
@@ -111,6 +137,13 @@ def run_demo(
         *table,
         "",
         "![quality vs NFE](quality_vs_nfe.png)",
+        "",
+        f"## Solvers at equal NFE ({models[0]})",
+        "",
+        "Same noise for every solver; error is the RMS distance to a 200-step DPM-Solver++(2M) solution of "
+        "that noise. `benchmarks/solvers.py` runs the full comparison, diffusers' schedulers included.",
+        "",
+        *compare,
         "",
         *sections,
     ]

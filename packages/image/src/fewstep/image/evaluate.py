@@ -23,6 +23,7 @@ class EvalConfig:
     seed: int = 0
     guidance: float = 1.0
     batch_size: int = 500
+    denoise_to_zero: bool = True  # last step returns the x0 prediction (as diffusers' schedulers do)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -49,7 +50,8 @@ def generate(den: Denoiser, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor
     t0 = time.perf_counter()
     for i in range(0, cfg.n, cfg.batch_size):
         y = labels[i : i + cfg.batch_size] if den.num_classes else None
-        out.append(sample(den, noise[i : i + cfg.batch_size], cfg.solver, cfg.steps, cfg.grid, cond=y, guidance=cfg.guidance, generator=gen))
+        out.append(sample(den, noise[i : i + cfg.batch_size], cfg.solver, cfg.steps, cfg.grid, cond=y, guidance=cfg.guidance, generator=gen,
+                          denoise_to_zero=cfg.denoise_to_zero))
         batches += 1
     seconds = (time.perf_counter() - t0) / cfg.n
     return torch.cat(out).clamp(-1, 1), labels, den.nfe / batches, seconds
