@@ -68,3 +68,14 @@ def test_ddp_world_size_2_ranks_agree(tmp_path):
     # Training actually moved the weights away from the shared initialisation.
     init = tiny_denoiser(seed=0).state_dict()
     assert any(not torch.equal(init[k], w0[k]) for k in w0)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    """Mixed precision path (bf16 autocast; the default on CUDA) runs and learns on the CPU too."""
+    den = tiny_denoiser()
+    x, y = tiny_data()
+    loss = DenoisingLoss()
+    cfg = TrainConfig(steps=80, batch_size=16, lr=1e-2, warmup_steps=2, ckpt_every=1000, amp="bf16", progress=False)
+    res = train(den, lambda m, b, g: loss(m, den, b[0], b[1], g), [x, y], cfg, tmp_path)
+    assert all(v.dtype == torch.float32 for v in den.state_dict().values())  # master weights stay fp32
+    assert sum(res.losses[-20:]) / 20 < 0.8 * sum(res.losses[:20]) / 20
