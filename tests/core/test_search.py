@@ -1,11 +1,9 @@
 """AutoDiffusion time-step search on Gaussian data (exact PF-ODE solution) and the grid file format."""
 
 import json
-import math
 
 import pytest
 import torch
-from torch import nn
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.schedules import RectifiedFlow, VPCosine
@@ -19,26 +17,7 @@ from fewstep.core.solvers.search import (
     save_searched_grid,
 )
 
-S = 0.5  # data std: x0 ~ N(0, S^2 I)
-
-
-class GaussianX0(nn.Module):
-    """Exact posterior mean E[x0 | x_t] = alpha S^2 / (alpha^2 S^2 + sigma^2) x_t, on (B, D)."""
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def forward(self, x, net_time, cond=None):
-        t = net_time.double() / 1000.0
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        return (a * S**2 / (a**2 * S**2 + s**2)).view(-1, 1).to(x.dtype) * x
-
-
-def exact(schedule, x_T):
-    """PF-ODE solution at t_min: x_t scales with the marginal std sqrt(alpha^2 S^2 + sigma^2)."""
-    std = lambda t: math.sqrt(float(schedule.alpha(t)) ** 2 * S**2 + float(schedule.sigma(t)) ** 2)
-    return x_T * float(schedule.sigma(schedule.t_max)) * std(schedule.t_min) / std(schedule.t_max)
+from .gaussian import GaussianX0, exact
 
 
 def noise(seed, n=16):

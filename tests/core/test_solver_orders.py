@@ -11,34 +11,16 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.schedules import RectifiedFlow, VPCosine, VPDiscrete
 from fewstep.core.solvers import SOLVERS, STOCHASTIC, available, sample
 
-S = 0.5  # data std: x0 ~ N(0, S^2 I)
+from .gaussian import GaussianX0, S, exact
+
 SCHEDULES = [VPCosine(), RectifiedFlow()]
 IDS = ["vp_cosine", "flow"]
 
-
-class GaussianX0(nn.Module):
-    """Exact posterior mean E[x0 | x_t] = alpha S^2 / (alpha^2 S^2 + sigma^2) x_t."""
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def forward(self, x, net_time, cond=None):
-        t = net_time.double() / 1000.0  # these schedules feed the net 1000 t
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        return (a * S**2 / (a**2 * S**2 + s**2)).view(-1, 1, 1, 1).to(x.dtype) * x
-
-
-def exact(schedule, x_T, t_end):
-    """PF-ODE solution: x_t scales with the marginal std sqrt(alpha^2 S^2 + sigma^2)."""
-    std = lambda t: math.sqrt(float(schedule.alpha(t)) ** 2 * S**2 + float(schedule.sigma(t)) ** 2)
-    return x_T * float(schedule.sigma(schedule.t_max)) * std(t_end) / std(schedule.t_max)
 
 
 def _x_T(shape=(8, 1, 4, 4), seed=0):

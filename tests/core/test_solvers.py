@@ -4,32 +4,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.schedules import RectifiedFlow, VPCosine
 from fewstep.core.solvers import available, make_grid, sample
 
-S = 0.5  # data std: x0 ~ N(0, S^2 I)
-
-
-class GaussianX0(nn.Module):
-    """Exact posterior mean E[x0 | x_t] = alpha S^2 / (alpha^2 S^2 + sigma^2) x_t."""
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def forward(self, x, net_time, cond=None):
-        t = net_time.double() / 1000.0  # these schedules feed the net 1000 t
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        return (a * S**2 / (a**2 * S**2 + s**2)).view(-1, 1, 1, 1).to(x.dtype) * x
-
-
-def exact(schedule, x_T, t_end):
-    """PF-ODE solution: x_t scales with the marginal std sqrt(alpha^2 S^2 + sigma^2)."""
-    std = lambda t: math.sqrt(float(schedule.alpha(t)) ** 2 * S**2 + float(schedule.sigma(t)) ** 2)  # noqa: E731
-    return x_T * float(schedule.sigma(schedule.t_max)) * std(t_end) / std(schedule.t_max)
+from .gaussian import GaussianX0, exact
 
 
 @pytest.mark.parametrize("schedule", [VPCosine(), RectifiedFlow()], ids=["vp_cosine", "flow"])
