@@ -37,10 +37,11 @@ def test_digits_teacher_samples_are_recognisable():
 def test_shapes_teacher_samples_are_recognisable():
     torch.manual_seed(0)
     den = load_model("shapes-teacher")
-    y = torch.arange(96) % 12
-    x = sample(den, torch.randn(96, 3, 32, 32), "dpmpp_2m", steps=10, cond=y).clamp(-1, 1)
+    y = torch.arange(120) % 12
+    x = sample(den, torch.randn(120, 3, 32, 32), "dpmpp_2m", steps=10, cond=y, denoise_to_zero=True).clamp(-1, 1)
     q = evaluate_samples("shapes", x, y)
-    assert q.accuracy >= 0.9, q
+    assert q.accuracy >= 0.8, q  # 0.91 at n = 480, 20 steps (docs/benchmarks/teachers.md)
+    assert min(q.class_histogram) > 0, q  # every shape x colour class is produced
 
 
 def test_guidance_sharpens_class_agreement():
