@@ -73,7 +73,7 @@ def run(den, fn, noise, labels, ref, dataset):
     return {"nfe": nfe, "error": err, "dfd": q.dfd, "accuracy": q.accuracy, "overhead_ms": overhead * 1e3, "net_ms": timer.seconds / max(1, nfe) * 1e3}
 
 
-def bench_model(name: str, n: int, nfes, quick: bool, log) -> list[dict]:
+def bench_model(name: str, n: int, nfes, quick: bool, log, search_only: bool = False) -> list[dict]:
     den = load_model(name)
     den.net = NetTimer(den.net)
     dataset = den.info["dataset"]
@@ -91,7 +91,7 @@ def bench_model(name: str, n: int, nfes, quick: bool, log) -> list[dict]:
         log(f"{name} {family:9s} {solver:18s} {grid:9s} NFE {r['nfe']:3d} err {r['error']:.4f} dFD {r['dfd']:.3f}")
 
     solvers = [s for s in available() if s not in SKIP]
-    for k in nfes:
+    for k in () if search_only else nfes:
         for s in solvers:
             steps = steps_for(s, k)
             if steps is None:
@@ -109,10 +109,10 @@ def bench_model(name: str, n: int, nfes, quick: bool, log) -> list[dict]:
     search_labels = torch.arange(len(search_noise)) % den.num_classes
     search_ref = sample(den, search_noise, "dpmpp_2m", 200, "logsnr", cond=search_labels, denoise_to_zero=True)
     for k in (3, 4, 5) if not quick else (4,):
-        # k - 1 searched intervals from t_max to t_min, then the final step to 0: k NFE, like the rows above.
-        cfg = SearchConfig(steps=k - 1, population=12, iterations=4 if quick else 8, seed=0)
-        res = autodiffusion_search(den, search_noise, error_to_reference(search_ref), "dpmpp_2m", cfg, cond=search_labels, progress=False, denoise_to_zero=True)
-        add("fewstep", "dpmpp_2m", "searched", k, lambda res=res: sample(den, noise, "dpmpp_2m", k, res.grid, cond=labels, denoise_to_zero=True))
+        # k searched intervals ending at t = 0 (final_zero): k NFE, like the rows above.
+        cfg = SearchConfig(steps=k, population=12, iterations=4 if quick else 8, seed=0)
+        res = autodiffusion_search(den, search_noise, error_to_reference(search_ref), "dpmpp_2m", cfg, cond=search_labels, progress=False, final_zero=True)
+        add("fewstep", "dpmpp_2m", "searched", k, lambda res=res: sample(den, noise, "dpmpp_2m", k, res.grid, cond=labels))
     return rows
 
 
@@ -175,17 +175,18 @@ def main() -> None:
     p.add_argument("--n-shapes", type=int, default=240)
     p.add_argument("--quick", action="store_true", help="few NFEs and a 200-step reference (smoke run)")
     p.add_argument("--models", default="digits-teacher,shapes-teacher")
+    p.add_argument("--search-only", action="store_true", help="re-run only the AutoDiffusion rows")
     args = p.parse_args()
     nfes = (4, 8) if args.quick else NFES
     t0 = time.perf_counter()
     rows = []
     for m in args.models.split(","):
-        rows += bench_model(m, args.n if m.startswith("digits") else args.n_shapes, nfes, args.quick, lambda s: print(s, flush=True))
+        rows += bench_model(m, args.n if m.startswith("digits") else args.n_shapes, nfes, args.quick, lambda s: print(s, flush=True), args.search_only)
     DOCS.mkdir(parents=True, exist_ok=True)
     old = DOCS / "solvers.json"
-    if old.is_file():  # keep earlier results for the models not re-run now (run one model at a time on a CPU)
-        done = {r["model"] for r in rows}
-        rows = [r for r in json.loads(old.read_text()) if r["model"] not in done] + rows
+    if old.is_file():  # keep earlier rows that this run did not redo (one model at a time on a CPU)
+        redone = {(r["model"], r["grid"] == "searched") for r in rows}
+        rows = [r for r in json.loads(old.read_text()) if (r["model"], r["grid"] == "searched") not in redone] + rows
     write(rows, args, time.perf_counter() - t0)
     print(f"wrote {DOCS / 'solvers.md'}")
 

@@ -49,6 +49,21 @@ def test_searched_grid_beats_named_grids_at_same_nfe(solver, steps):
     assert all(b["best"] <= a["best"] for a, b in zip(res.history, res.history[1:]))  # elitism
 
 
+def test_final_zero_search_spends_every_step_on_searched_times():
+    sch = VPCosine()
+    den = Denoiser(GaussianX0(sch), sch, "x0")
+    x = noise(3)
+    ref = exact(sch, x, 0.0)  # the clean end point
+    cfg = SearchConfig(steps=3, population=10, iterations=5, seed=0)
+    res = autodiffusion_search(den, x, error_to_reference(ref), "dpmpp_2m", cfg, progress=False, final_zero=True)
+    assert float(res.grid[-1]) == 0.0 and len(res.grid) == 4 and res.meta["final_zero"]
+    den.reset_counters()
+    out = sample(den, x, "dpmpp_2m", grid=res.grid)  # ends at 0 already: 3 NFE
+    assert den.nfe == 3
+    named = {g: float((sample(den, x, "dpmpp_2m", 3, g, denoise_to_zero=True) - ref).square().mean().sqrt()) for g in ("uniform", "logsnr", "karras")}
+    assert float((out - ref).square().mean().sqrt()) <= min(named.values()) + 1e-12, named
+
+
 def test_search_is_deterministic_and_handles_one_step():
     sch = RectifiedFlow()
     den = Denoiser(GaussianX0(sch), sch, "x0")

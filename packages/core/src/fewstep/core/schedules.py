@@ -122,7 +122,7 @@ class VPDiscrete(Schedule):
         return _interp(t, self._t_grid, self._log_alpha_grid)
 
     def sigma(self, t: Tensor | float) -> Tensor:
-        return torch.sqrt(-torch.expm1(2 * self.log_alpha(_t(t))))
+        return torch.sqrt((-torch.expm1(2 * self.log_alpha(_t(t)))).clamp(min=0.0))
 
     def inverse_lambda(self, lam: Tensor) -> Tensor:
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
@@ -160,7 +160,7 @@ class VPCosine(Schedule):
         return torch.log(torch.cos((t + self.s) / (1 + self.s) * math.pi / 2)) - self._log_alpha_0()
 
     def sigma(self, t: Tensor | float) -> Tensor:
-        return torch.sqrt(-torch.expm1(2 * self.log_alpha(_t(t))))
+        return torch.sqrt((-torch.expm1(2 * self.log_alpha(_t(t)))).clamp(min=0.0))
 
     @property
     def is_variance_preserving(self) -> bool:

@@ -38,13 +38,14 @@ def search_grid(
     noise = torch.randn(n, *den.sample_shape, generator=gen)
     labels = torch.arange(n) % max(1, den.num_classes) if den.num_classes else None
     if metric == "error":
-        score = error_to_reference(sample(den, noise, "dpmpp_2m", reference_steps, "logsnr", cond=labels))
+        score = error_to_reference(sample(den, noise, "dpmpp_2m", reference_steps, "logsnr", cond=labels, denoise_to_zero=True))
     else:
 
         def score(x: torch.Tensor) -> float:
             return evaluate_samples(dataset, x.clamp(-1, 1), labels).dfd
 
-    result = autodiffusion_search(den, noise, score, solver=solver, config=config, cond=labels, progress=progress)
+    # Candidates end at t = 0, as `evaluate` samples (denoise_to_zero): every step is a searched one.
+    result = autodiffusion_search(den, noise, score, solver=solver, config=config, cond=labels, progress=progress, final_zero=True)
     if out is not None:
         save_searched_grid(out, result.grid, {**result.meta, "metric": metric, "n": n, "model_dataset": dataset})
     return result

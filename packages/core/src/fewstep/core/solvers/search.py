@@ -146,13 +146,16 @@ def autodiffusion_search(
     cond: Tensor | None = None,
     guidance: float | None = None,
     progress: bool = True,
+    final_zero: bool = False,
     **solver_opts,
 ) -> SearchResult:
     """AutoDiffusion time-step search (Li et al. 2023, time-step stage) for one solver and N.
 
     ``noise`` is a fixed batch of standard Gaussian noise (the same for every candidate); the
     named grids seed the population and the best is kept, so the result never scores worse than
-    uniform/logSNR/Karras/quadratic on this batch.
+    uniform/logSNR/Karras/quadratic on this batch. With ``final_zero`` every candidate ends at
+    t = 0 instead of t_min (the last step returns the x0 prediction, as ``denoise_to_zero`` does),
+    so all ``steps`` evaluations are spent on the searched times.
     """
     from tqdm.auto import tqdm
 
@@ -164,8 +167,10 @@ def autodiffusion_search(
     g = torch.Generator().manual_seed(cfg.seed)
     cache: dict[tuple[float, ...], float] = {}
 
+    end = 0.0 if final_zero else lo
+
     def grid_of(genes: Tensor) -> Tensor:
-        return torch.cat([torch.tensor([hi], dtype=torch.float64), genes, torch.tensor([lo], dtype=torch.float64)])
+        return torch.cat([torch.tensor([hi], dtype=torch.float64), genes, torch.tensor([end], dtype=torch.float64)])
 
     def fitness(genes: Tensor) -> float:
         k = _key(genes)
@@ -224,6 +229,7 @@ def autodiffusion_search(
         "schedule": schedule.to_dict(),
         "solver": solver,
         "steps": cfg.steps,
+        "final_zero": final_zero,
         "score": fitness(best_genes),
         "baselines": baselines,
         "search": {"population": cfg.population, "iterations": cfg.iterations, "topk": cfg.topk, "seed": cfg.seed},
