@@ -8,16 +8,7 @@ diffusers = pytest.importorskip("diffusers")
 from fewstep.core.diffusers_interop import from_diffusers, load_diffusers
 from fewstep.core.schedules import RectifiedFlow, VPDiscrete
 
-TINY_UNET = {
-    "sample_size": 8,
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": (8, 16),
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-}
+from .tiny_diffusers import TINY_UNET
 
 
 def _x(shape, seed=0):
