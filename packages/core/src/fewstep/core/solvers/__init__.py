@@ -26,7 +26,7 @@ from .unipc import sample_unipc
 from .edm import sample_edm_sde, sample_euler
 from .dmcmc import sample_dmcmc
 from .time_shift import time_shift
-from .tuned import sample_tuned
+from .tuned import sample_tuned, sample_tuned_sde
 from .disa import DiSASchedule, disa_steps, sample_head
 from .dpm_ot import OTConfig, SemiDiscreteOT, fit_ot_map, sample_dpm_ot
 from .search import SearchConfig, SearchResult, autodiffusion_search, error_to_reference, load_searched_grid, save_searched_grid
@@ -49,10 +49,11 @@ SOLVERS = {
     "ts_ddim": time_shift(sample_ddim),
     "ts_heun": time_shift(sample_heun),
     "tuned": sample_tuned,
+    "tuned_sde": sample_tuned_sde,
     "dmcmc": sample_dmcmc,
 }
-STOCHASTIC = {"ddpm", "dpmpp_2m_sde", "edm_sde", "dmcmc"}  # these take ``generator``
-OWN_FINISH = {"tuned"}  # stop early by design; denoise_to_zero is the solver's own final x0 call
+STOCHASTIC = {"ddpm", "dpmpp_2m_sde", "edm_sde", "dmcmc", "tuned_sde"}  # these take ``generator``
+OWN_FINISH = {"tuned", "tuned_sde"}  # stop early by design; denoise_to_zero is the solver's own final x0 call
 
 
 def available() -> list[str]:
@@ -95,7 +96,7 @@ def sample(
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; available: {', '.join(available())}")
-    if solver == "tuned" and isinstance(grid, str) and grid == "logsnr":
+    if solver in OWN_FINISH and isinstance(grid, str) and grid == "logsnr":
         grid = "tuned"  # the paper's recipe is a grid and a solver together
     ts = check_grid(denoiser.schedule, make_grid(denoiser.schedule, steps, grid))
     if solver in OWN_FINISH:

@@ -23,7 +23,7 @@ from .common import Model, coeffs
 from .edm import time_at
 from .first_order import sample_ddim
 from .grids import karras
-from .multistep import sample_dpmpp_2m
+from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde
 
 
 def tuned_hyperparameters(steps: int) -> tuple[int, float, int]:
@@ -104,5 +104,21 @@ def sample_tuned(
     return x / coeffs(model, ts[-1])[0]
 
 
-SOLVERS = {"tuned": sample_tuned}
+@torch.no_grad()
+def sample_tuned_sde(
+    model: Model, x: Tensor, ts: Tensor, denoise_to_zero: bool = False, generator: torch.Generator | None = None
+) -> Tensor:
+    """Li 2025's tuned grid driven by SDE-DPM-Solver++(2M): the stochastic variant of the recipe.
+
+    The same truncated, rho_t-spaced grid as :func:`sample_tuned`, integrated with the SDE solver
+    (no lower-order final step, as the ODE recipe), returning x/alpha at t_stop or, with
+    ``denoise_to_zero``, the x0 prediction there.
+    """
+    x = sample_dpmpp_2m_sde(model, x, ts, lower_order_final=False, generator=generator)
+    if denoise_to_zero:
+        return model(x, ts[-1])
+    return x / coeffs(model, ts[-1])[0]
+
+
+SOLVERS = {"tuned": sample_tuned, "tuned_sde": sample_tuned_sde}
 GRIDS = {"tuned": tuned_grid}  # register next to grids.make_grid's builders
