@@ -18,7 +18,7 @@ from fewstep.core.metrics import sliced_wasserstein
 from fewstep.core.schedules import VPCosine
 from fewstep.core.solvers.disa import DiSASchedule, disa_steps, sample_head
 
-from .test_dpm_ot import gmm_x0
+from .gmm import gmm_x0
 
 K = 8  # autoregressive steps, one 2-D token each
 PRIOR = torch.tensor(
@@ -26,12 +26,7 @@ PRIOR = torch.tensor(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conditional(k, prev):

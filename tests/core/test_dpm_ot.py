@@ -11,33 +11,15 @@ from fewstep.core.schedules import VPCosine
 from fewstep.core.solvers import sample
 from fewstep.core.solvers.dpm_ot import OTConfig, SemiDiscreteOT, fit_ot_map, sample_dpm_ot
 
+from .gmm import gmm_x0
+
 M, R, STD = 8, 4.0, 0.1  # 8 modes on a circle of radius 4, component std 0.1 (neighbours ~3 apart)
 MU = torch.tensor(
     [[R * math.cos(2 * math.pi * k / M), R * math.sin(2 * math.pi * k / M)] for k in range(M)], dtype=torch.float64
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls are far faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gmm_x0(x, alpha, sigma, mu, logw, std):
-    """E[x0 | x_t] for x0 ~ sum_k w_k N(mu_k, std^2 I), x_t = alpha x0 + sigma eps.
-
-    x (B, D); alpha, sigma, std scalars or (B,); mu (M, D) or (B, M, D); logw (M,) or (B, M).
-    Component k: x_t ~ N(alpha mu_k, v I), v = alpha^2 std^2 + sigma^2, and
-    E[x0 | x_t, k] = mu_k + alpha std^2 / v (x_t - alpha mu_k); responsibilities weight them.
-    """
-    a, s, sd = (torch.as_tensor(c, dtype=x.dtype).expand(x.shape[0]) for c in (alpha, sigma, std))
-    v = a**2 * sd**2 + s**2  # (B,)
-    diff = x[:, None, :] - a[:, None, None] * mu  # (B, M, D)
-    r = torch.softmax(logw - 0.5 * diff.square().sum(-1) / v[:, None], dim=1)  # (B, M)
-    return (r[..., None] * (mu + (a * sd**2 / v)[:, None, None] * diff)).sum(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class GMMX0(nn.Module):
@@ -56,7 +38,7 @@ def mode_mixing(x):
 
 
 @pytest.fixture(scope="module")
-def setup(one_thread):
+def setup():
     g = torch.Generator().manual_seed(0)
     targets = MU[torch.arange(64) % M] + STD * torch.randn(64, 2, generator=g, dtype=torch.float64)  # "training set"
     ot = fit_ot_map(targets, OTConfig(iters=300, lr=0.01, n_mc=4096, seed=0))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .schedules import EDM, Schedule
+from .schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 
@@ -150,9 +150,8 @@ class Denoiser(nn.Module):
     # -- network call ----------------------------------------------------------------------------
     def _net(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         self.net_evals += 1
-        x_in = x
-        if isinstance(self.schedule, EDM):
-            x_in = x * _bcast(self.schedule.c_in(t), x)
+        scale = self.schedule.input_scale(t)
+        x_in = x if scale is None else x * _bcast(scale, x)
         out = self.net(x_in, self.schedule.net_time(t).to(x.dtype), cond)
         if out.shape != x.shape:
             raise ValueError(f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}")

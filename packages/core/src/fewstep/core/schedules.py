@@ -57,6 +57,10 @@ class Schedule:
     def is_variance_preserving(self) -> bool:
         return False
 
+    def input_scale(self, t: Tensor) -> Tensor | None:
+        """Factor the network input is multiplied by (None = feed x_t as it is)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}  # type: ignore[call-overload]
 
@@ -207,8 +211,8 @@ class EDM(Schedule):
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
         return 1000.0 * (torch.log(t) - lo) / (hi - lo)
 
-    def c_in(self, t: Tensor) -> Tensor:
-        """EDM input scaling 1/sqrt(sigma^2 + sigma_data^2) (Karras et al. 2022, Table 1)."""
+    def input_scale(self, t: Tensor) -> Tensor:
+        """EDM's c_in = 1/sqrt(sigma^2 + sigma_data^2) (Karras et al. 2022, Table 1)."""
         return 1.0 / torch.sqrt(t**2 + self.sigma_data**2)
 
 
