@@ -15,8 +15,10 @@ from .schedules import schedule_from_dict
 def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON card describing a Denoiser built from a fewstep net."""
     from .nets import net_spec
+    from .transforms import recorded
 
     kind, config = net_spec(denoiser.net)
+    transforms = recorded(denoiser.net)
     return {
         **(extra or {}),
         "kind": "denoiser",
@@ -29,6 +31,7 @@ def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> di
         "steps": denoiser.steps,
         "clip_x0": denoiser.clip_x0,
         "info": denoiser.info,
+        **({"transforms": transforms} if transforms else {}),
     }
 
 
@@ -46,6 +49,7 @@ def save_denoiser(
 def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", expect_schedule: dict | None = None) -> Denoiser:
     """Rebuild a Denoiser from its checkpoint; every problem raises a CheckpointError naming the file."""
     from .nets import build_net
+    from .transforms import replay
 
     weights_path, card_path = checkpoint_paths(path)
     card = read_card(path)
@@ -57,6 +61,7 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
     try:
         schedule = schedule_from_dict(card["schedule"])
         net = build_net(card["net"]["kind"], card["net"]["config"])
+        replay(net, card.get("transforms", []))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{card_path}: {e}") from e
     if expect_schedule is not None and schedule.to_dict() != expect_schedule:

@@ -40,6 +40,79 @@ def inspect(path: Path = typer.Argument(..., help="checkpoint stem or its .safet
     typer.echo(f"ok: {len(tensors)} tensors, {n:,} values, hash verified")
 
 
+def _load(model: str):
+    from .checkpoints import load_denoiser
+    from .models import resolve_model
+
+    return load_denoiser(resolve_model(model))
+
+
+def _summary(before, after, out: Path) -> None:
+    from .quant import weight_bytes
+
+    params = [sum(p.numel() for p in d.net.parameters()) for d in (before, after)]
+    typer.echo(
+        f"wrote {out}.safetensors + {out}.json: weights {weight_bytes(before.net) / 1e6:.2f} MB -> "
+        f"{weight_bytes(after.net) / 1e6:.2f} MB" + ("" if params[0] == params[1] or not params[1] else
+                                                  f", {params[0]:,} -> {params[1]:,} parameters")
+    )
+
+
+@app.command()
+@friendly
+def quantize(
+    model: str = typer.Argument(..., help="a shipped model name (e.g. digits-teacher) or a checkpoint path"),
+    out: Path = typer.Option(..., "--out", help="checkpoint stem to write (PATH.safetensors + PATH.json)"),
+    scheme: str = typer.Option("w8a8", help="w8a8 | w4a8 | w8 | w4 | fp8"),
+    calib: str = typer.Option("trajectory", help="calibration inputs: trajectory | ptq4dm | single"),
+    calib_samples: int = typer.Option(32, help="full-precision trajectories for calibration"),
+    calib_steps: int = typer.Option(20, help="steps of each calibration trajectory"),
+    act: str = typer.Option("", help="activation scales: static (calibrated) or token (dynamic); default per scheme"),
+    reconstruction: str = typer.Option("none", help="weight rounding: none | adaround | brecq"),
+    recon_iters: int = typer.Option(200, help="Adam steps per reconstructed unit"),
+    no_tfmq: bool = typer.Option(False, "--no-tfmq", help="quantize the time embedding path like any other"),
+    no_split: bool = typer.Option(False, "--no-split", help="one activation scale for U-Net skip concatenations"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Post-training quantization (PTQ4DM / Q-Diffusion / TFMQ calibration) of any saved Denoiser."""
+    from .checkpoints import save_denoiser
+    from .quant import QuantConfig
+    from .quant import quantize as quantize_denoiser
+
+    config = QuantConfig(scheme=scheme, act=act or None, calibration=calib, calib_samples=calib_samples,
+                         calib_steps=calib_steps, reconstruction=reconstruction, recon_iters=recon_iters,
+                         tfmq=not no_tfmq, split_shortcut=not no_split, seed=seed)
+    den = _load(model)
+    q = quantize_denoiser(den, config)
+    save_denoiser(q, out, card={"quantized_from": str(model)})
+    _summary(den, q, out)
+
+
+@app.command()
+@friendly
+def prune(
+    model: str = typer.Argument(..., help="a shipped model name (e.g. digits-teacher) or a checkpoint path"),
+    out: Path = typer.Option(..., "--out", help="checkpoint stem to write (PATH.safetensors + PATH.json)"),
+    ratio: float = typer.Option(0.2, help="share of the prunable parameters to remove, in (0, 1)"),
+    steps: int = typer.Option(0, help="sampling steps of the mask search (0: the model's own, else 20)"),
+    iters: int = typer.Option(100, help="mask-training iterations"),
+    batch: int = typer.Option(4, help="trajectories per iteration"),
+    no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="disable time-step gradient checkpointing"),
+    seed: int = typer.Option(0),
+) -> None:
+    """EcoDiff structural pruning: learn masks through the whole sampling trajectory, then cut."""
+    from .checkpoints import save_denoiser
+    from .prune import PruneConfig
+    from .prune import prune as prune_denoiser
+
+    config = PruneConfig(ratio=ratio, steps=steps or None, iters=iters, batch=batch,
+                         checkpoint=not no_checkpoint, seed=seed)
+    den = _load(model)
+    p = prune_denoiser(den, config)
+    save_denoiser(p, out, card={"pruned_from": str(model)})
+    _summary(den, p, out)
+
+
 def main() -> None:
     app()
 

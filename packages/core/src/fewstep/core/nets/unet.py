@@ -108,6 +108,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.attn = SelfAttention(out_ch) if attn else None
+        self.concat_split = 0  # >0 in decoder blocks: input channels [:split] are h, the rest the skip
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv0(F.silu(self.norm0(x)))  # (B, out, H, W)
@@ -199,7 +200,9 @@ class UNet(nn.Module):
             width, res = widths[level], cfg.resolutions[level]
             for _ in range(cfg.num_res_blocks):
                 attn = res in cfg.attn_resolutions
-                self.up.append(ResBlock(cur + skip_chs.pop(), width, emb_dim, cfg.dropout, attn))
+                block = ResBlock(cur + skip_chs.pop(), width, emb_dim, cfg.dropout, attn)
+                block.concat_split = cur  # input is cat([h, skip]): channels [:cur] are h (for quantizers)
+                self.up.append(block)
                 cur = width
             if level > 0:
                 self.up.append(Upsample(cur, widths[level - 1]))
