@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .compression_report import compare_compression
 from .evaluate import EvalConfig, generate
 from .quality import evaluate_samples, real_data_baseline
 from .registry import load_model, summary
@@ -88,6 +89,8 @@ def run_demo(
     solver: str = "dpmpp_2m",
     seed: int = 0,
     log=print,
+    compression_steps: int = 20,
+    prune_iters: int = 30,
 ) -> Path:
     """Sample every model at every NFE, measure dFD/accuracy/recall/time, write ``report.md``."""
     out = Path(out)
@@ -115,6 +118,7 @@ def run_demo(
             f"![{name} samples at {nfe[-1]} steps, one class per column]({grid_name})\n"
         )
     compare = compare_solvers(models[0], COMPARE_NFE, n, seed, log)
+    compression = compare_compression(models[0], n, seed, log, compression_steps, prune_iters)
     plot_quality(rows, out / "quality_vs_nfe.png")
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = [
@@ -144,6 +148,14 @@ def run_demo(
         "that noise. `benchmarks/solvers.py` runs the full comparison, diffusers' schedulers included.",
         "",
         *compare,
+        "",
+        f"## Compression ({models[0]}, DDIM {compression_steps} steps)",
+        "",
+        "Post-training quantization (`fewstep quantize`) and EcoDiff pruning (`fewstep prune`) of the same model, "
+        "no retraining; same noise as the full-precision row. Weight MB counts every stored tensor. "
+        "`benchmarks/compression.py` has the full comparison (torchao, every calibration, GPU speed).",
+        "",
+        *compression,
         "",
         *sections,
     ]

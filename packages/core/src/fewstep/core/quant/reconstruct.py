@@ -72,10 +72,10 @@ def beta_at(step: int, iters: int, warmup: float = WARMUP) -> float | None:
 def forward_with_weight(layer: QuantLayer, x: Tensor, w_int: Tensor) -> Tensor:
     """``layer``'s forward with a float (N, K) weight in integer units (soft or hard rounding).
 
-    Reproduces the reference numerics y = (q_x @ w_int^T) * r * s_w + b with q_x quantized through
+    Reproduces the layer's numerics y = (q_x @ w_int^T) * r * s_w + b with q_x quantized through
     a straight-through estimator, so gradients reach both ``w_int`` and ``x``.
     """
-    if layer.kind == "conv" and layer.act != "token":
+    if layer.kind == "conv":
         s_c = _channel_scale(layer)
         if s_c is not None or layer.in_scale is None:
             return _conv_with_weight(layer, x, w_int, s_c)
@@ -105,13 +105,16 @@ def _channel_scale(layer: QuantLayer) -> Tensor | None:
 
 
 def _conv_with_weight(layer: QuantLayer, x: Tensor, w_int: Tensor, s_c: Tensor | None) -> Tensor:
-    """`forward_with_weight` for a conv whose activation scale is constant per channel and per sample:
-    quantizing pixels before the convolution equals quantizing the im2col columns (zero padding
-    quantizes to zero), and a native convolution is far faster than im2col + matmul."""
+    """`forward_with_weight` for a conv whose activation scale is constant per channel and per sample
+    (as `QuantLayer.conv_dequant` computes it): quantizing pixels before the convolution equals
+    quantizing the im2col columns (zero padding quantizes to zero), and is far faster."""
     c, dtype = layer.conv, x.dtype
     x = x.float()
-    if layer.act != "none":
+    if layer.act == "token":  # dynamic, one scale for the whole input tensor
+        r = layer.row_scale(x.detach().reshape(1, -1), 1).reshape(1, 1, 1, 1)
+    elif layer.act != "none":  # static: 1; per_t: the scale of each sample's time step
         r = layer.row_scale(x.new_zeros(x.shape[0], 1), 1).reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
+    if layer.act != "none":
         s = torch.ones((), device=x.device) if s_c is None else s_c.reshape(1, -1, 1, 1)
         x = fake_quant(x, r * s, 8) / s  # q_x * r, as the integer kernel sees it
     w = (w_int * layer.w_scale[:, None]).reshape(layer.out_features, c["in_channels"], *c["kernel_size"])
@@ -340,9 +343,9 @@ def reconstruct_unit(fp_net: nn.Module, net: nn.Module, unit: Unit, layers: dict
                      max_bytes: int = MAX_CACHE_BYTES) -> UnitResult | None:
     """Learn the rounding of ``unit``'s layers (``layers``: name -> QuantLayer) in ``net`` (Eq. 25).
 
-    ``net`` may hold `FrozenRounding` stand-ins at the layers' names; they are swapped for
-    `SoftRounding` during the optimisation and refreshed after. The learned rounding is kept only
-    if it lowers the unit's error on the cached inputs. None if the unit is never run.
+    The layers are swapped for `SoftRounding` stand-ins during the optimisation. The learned
+    rounding is kept only if it does not raise the unit's error on the cached inputs (the hard
+    rounding of a not fully converged h(V) can differ from the soft one). None if the unit never runs.
     """
     q_in, used = capture_inputs(net, unit.name, calib, idx, max_bytes=max_bytes)
     if q_in is None:
@@ -353,7 +356,6 @@ def reconstruct_unit(fp_net: nn.Module, net: nn.Module, unit: Unit, layers: dict
     if target is None:
         return None
     t = _rows_t(calib, idx, q_in.lead)
-    held = {n: net.get_submodule(n) for n in unit.layers}  # what sits in the net now
     nearest = {n: layers[n].int_weight().clone() for n in unit.layers}
     contexts = list({id(c): c for c in (layers[n].time_context for n in unit.layers) if c is not None}.values())
     soft = {n: SoftRounding(layers[n], QuantLayer.float_matrix(fp_net.get_submodule(n))) for n in unit.layers}
@@ -378,40 +380,25 @@ def reconstruct_unit(fp_net: nn.Module, net: nn.Module, unit: Unit, layers: dict
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=params)
             opt.step()
-        for n, m in held.items():
-            _set_module(net, n, m)
-        _store(layers, held, {n: s.hard_int() for n, s in soft.items()})
+        for n in unit.layers:
+            _set_module(net, n, layers[n])
+        _store(layers, {n: s.hard_int() for n, s in soft.items()})
         error_learned = unit_error(net.get_submodule(unit.name), q_in, target, t, contexts)
         if error_learned > error_nearest:
-            _store(layers, held, nearest)
+            _store(layers, nearest)
     finally:
-        for n, m in held.items():
-            _set_module(net, n, m)
+        for n in unit.layers:
+            _set_module(net, n, layers[n])
         for ctx in contexts:
             ctx.t = None
     return UnitResult(unit.name, list(unit.layers), error_nearest, error_learned)
 
 
 @torch.no_grad()
-def _store(layers: dict[str, QuantLayer], held: dict[str, nn.Module], q_int: dict[str, Tensor]) -> None:
-    """Write integer weights into the QuantLayers (and the float stand-ins running for them)."""
+def _store(layers: dict[str, QuantLayer], q_int: dict[str, Tensor]) -> None:
+    """Write integer weights into the QuantLayers, keeping their per-row scales."""
     for n, q in q_int.items():
         layers[n].set_weight_int(q, layers[n].w_scale.clone())
-        if isinstance(held[n], FrozenRounding):
-            held[n].w_int.copy_(q.float())
-
-
-class FrozenRounding(nn.Module):
-    """A QuantLayer run in float arithmetic with its current integer weights: the same numbers as
-    its integer kernels (`forward_with_weight`), without unpacking int4 on every call."""
-
-    def __init__(self, layer: QuantLayer):
-        super().__init__()
-        self.layer = layer
-        self.register_buffer("w_int", layer.int_weight().float())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return forward_with_weight(self.layer, x, self.w_int)
 
 
 def reconstruct(fp_net: nn.Module, net: nn.Module, names: list[str], calib: CalibrationSet | None,
@@ -443,14 +430,11 @@ def reconstruct(fp_net: nn.Module, net: nn.Module, names: list[str], calib: Cali
     g = torch.Generator().manual_seed(config.seed)
     n = min(len(calib), max_samples)
     idx = torch.randperm(len(calib), generator=g)[:n].sort().values.to(calib.x.device)
-    # Every integer QuantLayer runs as a float stand-in meanwhile (same numerics, ~10x faster on CPU).
     layers = {n: m for n, m in net.named_modules() if isinstance(m, QuantLayer) and m.weight_format != "fp8"}
     fp_was, q_was = fp_net.training, net.training
     fp_net.eval()
     net.eval()
     try:
-        for name, q in layers.items():
-            _set_module(net, name, FrozenRounding(q))
         units = forward_order(net, units, calib)
         results = []
         bar = tqdm(units, desc=f"{mode} ({config.recon_iters} it/unit)", disable=not progress, leave=False)
@@ -461,8 +445,6 @@ def reconstruct(fp_net: nn.Module, net: nn.Module, names: list[str], calib: Cali
             if r is not None:
                 results.append(r)
     finally:
-        for name, q in layers.items():
-            _set_module(net, name, q)
         fp_net.train(fp_was)
         net.train(q_was)
     return results
