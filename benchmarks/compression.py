@@ -25,9 +25,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import DOCS, machine, table  # noqa: E402
 
 JSON = DOCS / "compression.json"
+VARIANT_ORDER = [
+    "full precision (fp32)",
+    "w8a8, trajectory calibration",
+    "w8a8, PTQ4DM (NDTC) calibration",
+    "w8a8, single-step calibration (last step)",
+    "w8a8, trajectory, no TFMQ, no split",
+    "w4a8, trajectory calibration",
+    "w4a8 + AdaRound reconstruction",
+    "w4a8 + BRECQ reconstruction",
+    "w8 weight-only",
+    "w4 weight-only",
+    "fp8 (e4m3, dynamic)",
+    "torchao int8 dynamic (Linear layers)",
+    "torchao int8 weight-only (Linear layers)",
+]
 
 
-def quality_rows(model: str, n: int, steps: int) -> list[dict]:
+def quality_rows(model: str, n: int, steps: int, only: str = "") -> list[dict]:
     """Every scheme of ours and torchao's two int8 configs on one teacher, same noise and sampler."""
     import copy
 
@@ -45,6 +60,7 @@ def quality_rows(model: str, n: int, steps: int) -> list[dict]:
                                                                   calib_samples=128)),
         ("w8a8, trajectory, no TFMQ, no split", QuantConfig(scheme="w8a8", tfmq=False, split_shortcut=False)),
         ("w4a8, trajectory calibration", QuantConfig(scheme="w4a8")),
+        ("w4a8 + AdaRound reconstruction", QuantConfig(scheme="w4a8", reconstruction="adaround", recon_iters=200)),
         ("w4a8 + BRECQ reconstruction", QuantConfig(scheme="w4a8", reconstruction="brecq", recon_iters=200)),
         ("w8 weight-only", QuantConfig(scheme="w8")),
         ("w4 weight-only", QuantConfig(scheme="w4")),
@@ -52,6 +68,9 @@ def quality_rows(model: str, n: int, steps: int) -> list[dict]:
         ("torchao int8 dynamic (Linear layers)", "torchao-int8-dynamic"),
         ("torchao int8 weight-only (Linear layers)", "torchao-int8-weight"),
     ]
+    if only:
+        keys = only.split(",")
+        variants = [v for v in variants if v[1] is None or any(k in v[0] for k in keys)]
     rows = []
     for name, cfg in variants:
         t0 = time.perf_counter()
@@ -181,12 +200,20 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--render", action="store_true")
+    p.add_argument("--only", default="", help="quality: comma-separated substrings of the variants to (re)run")
     args = p.parse_args()
     data = load_json()
     if "quality" in args.section:
-        rows = [r for m in args.models.split(",") for r in quality_rows(m, args.n, args.steps)]
-        data["quality"] = {"machine": machine(), "n": args.n, "steps": args.steps, "rows": rows}
-        save_json(data)
+        for m in args.models.split(","):
+            new = quality_rows(m, args.n, args.steps, args.only)
+            old = (load_json().get("quality") or {}).get("rows", [])  # merge: other runs may have added rows
+            done = {(r["model"], r["variant"]) for r in new}
+            order = VARIANT_ORDER
+            rows = [r for r in old if (r["model"], r["variant"]) not in done] + new
+            rows.sort(key=lambda r: (r["model"], order.index(r["variant"]) if r["variant"] in order else 99))
+            data = load_json()
+            data["quality"] = {"machine": machine(), "n": args.n, "steps": args.steps, "rows": rows}
+            save_json(data)
     if "pruning" in args.section:
         from compression_prune import pruning_rows, search_memory_rows
 

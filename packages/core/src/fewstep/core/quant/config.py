@@ -73,7 +73,7 @@ class QuantConfig:
             raise ValueError(f"observer={self.observer!r}; choose one of {', '.join(OBSERVERS)}")
         if self.reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"reconstruction={self.reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}")
-        for name in ("calib_samples", "calib_steps"):
+        for name in ("calib_samples", "calib_steps", "recon_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"QuantConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.single_step <= 1.0:

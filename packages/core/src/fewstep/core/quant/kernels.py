@@ -65,7 +65,8 @@ def _matmul(layer, rows: Tensor, qx: Tensor | None, r: Tensor | None) -> tuple[T
         if layer.weight_format != "fp8":
             return triton_kernels.int8_scaled_mm(qx, layer, r.expand(m, 1).float(), rows.dtype), False
     if backend in ("int_mm", "triton") and qx is not None and layer.weight_format != "fp8":
-        if not rows.is_cuda or (m > 16 and k % 8 == 0 and n % 8 == 0):
+        # k == 1: CPU _int_mm misreads the (1, N) view of a (N, 1) weight (strides (1, 1)).
+        if (not rows.is_cuda and k > 1) or (m > 16 and k % 8 == 0 and n % 8 == 0):
             acc = torch._int_mm(qx, layer.int_weight().t())  # (M, N) int32
             return acc.float() * r.float() * layer.w_scale[None, :], False
     return reference(layer, rows, qx, r), False

@@ -253,7 +253,7 @@ class QuantLayer(nn.Module):
         return torch.ones(1, 1, device=rows.device)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "conv" and self.backend in ("auto", "dequant"):
+        if self.kind == "conv" and self.backend in ("auto", "dequant") and self.act != "per_t":
             return self.conv_dequant(x)
         rows, shape = self.to_rows(x)
         batch = x.shape[0] if x.ndim > 1 else 1

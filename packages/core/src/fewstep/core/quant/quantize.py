@@ -115,13 +115,18 @@ def quantize(denoiser: Denoiser, config: QuantConfig | None = None) -> Denoiser:
         q.time_context = ctx
         _set_module(net, name, q)
         specs[name] = layer_spec(q)
+    recon = None
     if config.reconstruction != "none":
         from .reconstruct import reconstruct
 
-        reconstruct(fp_net, net, list(plan), calib, config)
+        results = reconstruct(fp_net, net, list(plan), calib, config)
+        recon = {"units": len(results), "kept_learned": sum(r.kept for r in results),
+                 "error_nearest": sum(r.error_nearest for r in results),
+                 "error_learned": sum(min(r.error_learned, r.error_nearest) for r in results)}
     record(net, {"kind": "quant", "config": config.to_dict(), "layers": specs, "time_cache": time_cache})
     new.info = {**new.info, "quant": {"scheme": config.scheme, "layers": len(specs),
-                                      "weight_bytes": weight_bytes(net), "fp32_weight_bytes": weight_bytes(fp_net)}}
+                                      "weight_bytes": weight_bytes(net), "fp32_weight_bytes": weight_bytes(fp_net),
+                                      **({"reconstruction": recon} if recon else {})}}
     return new
 
 

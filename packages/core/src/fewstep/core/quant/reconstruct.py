@@ -428,9 +428,9 @@ def reconstruct(fp_net: nn.Module, net: nn.Module, names: list[str], calib: Cali
     if not units:
         return []
     g = torch.Generator().manual_seed(config.seed)
-    n = min(len(calib), max_samples)
-    idx = torch.randperm(len(calib), generator=g)[:n].sort().values.to(calib.x.device)
-    layers = {n: m for n, m in net.named_modules() if isinstance(m, QuantLayer) and m.weight_format != "fp8"}
+    rows = min(len(calib), max_samples)  # the same calibration rows serve every unit
+    idx = torch.randperm(len(calib), generator=g)[:rows].sort().values.to(calib.x.device)
+    layers = {name: m for name, m in net.named_modules() if isinstance(m, QuantLayer) and m.weight_format != "fp8"}
     fp_was, q_was = fp_net.training, net.training
     fp_net.eval()
     net.eval()
