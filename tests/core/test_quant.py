@@ -255,3 +255,17 @@ def test_set_backend_validates():
     assert all(m.backend == "reference" for m in q.modules() if isinstance(m, QuantLayer))
     with pytest.raises(ValueError, match="backend"):
         set_backend(q, "cuda-magic")
+
+
+def test_pruned_then_quantized_model_round_trips(tmp_path):
+    from fewstep.core.prune import PruneConfig, prune
+
+    den = tiny_unet_denoiser()
+    pruned = prune(den, PruneConfig(ratio=0.3, iters=2, steps=3, progress=False))
+    q = quantize(pruned, QuantConfig(scheme="w4a8", calib_samples=4, calib_steps=4))
+    save_denoiser(q, tmp_path / "pq")
+    back = load_denoiser(tmp_path / "pq")
+    assert [s["kind"] for s in back.card["transforms"]] == ["prune", "quant"]
+    x, t, c = torch.randn(3, 1, 8, 8), torch.full((3,), 300.0), torch.arange(3)
+    with torch.no_grad():
+        assert torch.equal(q.net(x, t, c), back.net(x, t, c))

@@ -26,6 +26,9 @@ def info() -> None:
     typer.echo(f"schedules:   {', '.join(SCHEDULES)}")
     typer.echo(f"predictions: {', '.join(PREDICTIONS)}")
     typer.echo(f"nets:        {', '.join(NETS)}")
+    from .quant import SCHEMES
+
+    typer.echo(f"quant:       {', '.join(SCHEMES)} (fewstep quantize); pruning: fewstep prune")
 
 
 @app.command()
