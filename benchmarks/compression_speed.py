@@ -100,9 +100,10 @@ def run(args) -> list[dict]:
 
     variants: list[tuple[str, callable]] = [(base_name, lambda: copy.deepcopy(den.net).to(dtype))]
     ours = [("fewstep w8a8 (int8, per-token)", QuantConfig(scheme="w8a8", act="token", tfmq=False, keep=())),
-            ("fewstep w4a8 (int4, per-token)", QuantConfig(scheme="w4a8", act="token", tfmq=False, keep=())),
+            ("fewstep w4a8 (int4, per-token)",
+             QuantConfig(scheme="w4a8", act="token", tfmq=False, keep=(), group_size=0)),
             ("fewstep w8 (weight-only)", QuantConfig(scheme="w8", tfmq=False, keep=())),
-            ("fewstep w4 (weight-only)", QuantConfig(scheme="w4", tfmq=False, keep=()))]
+            ("fewstep w4 (weight-only)", QuantConfig(scheme="w4", tfmq=False, keep=(), group_size=0))]
     if device == "cuda":
         ours.insert(0, ("fewstep fp8 (e4m3, per-token)", QuantConfig(scheme="fp8", tfmq=False, keep=())))
     for name, cfg in ours:

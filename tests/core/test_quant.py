@@ -150,7 +150,7 @@ def test_schemes_order_by_bits_and_shrink_weights(make):
         ref = sample(den, x, "ddim", 6, cond=c)  # same steps as the calibration trajectories
         errs, sizes = {}, {}
         for scheme in ("w8a8", "w4a8", "w8", "w4", "fp8"):
-            q = quantize(den, QuantConfig(scheme=scheme, calib_samples=8, calib_steps=6, keep=()))
+            q = quantize(den, QuantConfig(scheme=scheme, calib_samples=8, calib_steps=6, keep=(), group_size=0))
             errs[scheme] = rel(sample(q, x, "ddim", 6, cond=c), ref)
             sizes[scheme] = sum(m.weight_bytes() for m in q.net.modules() if isinstance(m, QuantLayer))
     fp_bytes = sum(m.weight.numel() * 4 for m in den.net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
@@ -269,3 +269,50 @@ def test_pruned_then_quantized_model_round_trips(tmp_path):
     x, t, c = torch.randn(3, 1, 8, 8), torch.full((3,), 300.0), torch.arange(3)
     with torch.no_grad():
         assert torch.equal(q.net(x, t, c), back.net(x, t, c))
+
+
+# -- group-wise weight scales -------------------------------------------------------------------
+def test_grouped_weight_scales_follow_the_range_along_k():
+    w = torch.randn(8, 50)
+    w[:, :10] *= 20  # one loud group: per-channel scales would flatten the rest
+    q, s = quantize_weight(w, 4, group=16)
+    assert s.shape == (8, 4)  # ceil(50 / 16) groups, the last one short
+    from fewstep.core.quant.qtensor import expand_groups
+
+    err = (w - q.float() * expand_groups(s, 16, 50)).abs()
+    assert (err <= expand_groups(s, 16, 50) / 2 + 1e-6).all()
+    q1, s1 = quantize_weight(w, 4)
+    assert err[:, 16:].mean() < 0.3 * (w - q1.float() * s1[:, None]).abs()[:, 16:].mean()
+    with pytest.raises(ValueError, match="per-channel"):
+        quantize_weight(w, "fp8", group=16)
+
+
+@pytest.mark.parametrize("act", ["static", "token", "none"])
+def test_grouped_layer_integer_paths_agree(act):
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 12)
+    x = torch.randn(9, 40).clamp(-3, 3)
+    scale = torch.tensor(3.0 / 127) if act == "static" else None
+    q = QuantLayer.from_float(lin, weight_format="int4", act=act, in_scale=scale, group=16)
+    outs = {}
+    for backend in ("int_mm", "reference"):
+        q.backend = backend
+        outs[backend] = q(x)
+    assert torch.allclose(outs["int_mm"], outs["reference"], atol=1e-5)
+    per_channel = QuantLayer.from_float(lin, weight_format="int4", act=act, in_scale=scale)
+    assert rel(outs["reference"], lin(x)) < rel(per_channel(x), lin(x))
+
+
+def test_grouped_w4a8_saves_loads_and_reconstructs(tmp_path):
+    den = tiny_unet_denoiser()
+    q = quantize(den, QuantConfig(scheme="w4a8", group_size=8, calib_samples=4, calib_steps=4,
+                                  reconstruction="brecq", recon_iters=5))
+    layer = q.net.get_submodule("down.0.conv0")
+    assert layer.group == 8 and layer.w_scale.ndim == 2
+    save_denoiser(q, tmp_path / "g")
+    back = load_denoiser(tmp_path / "g")
+    x, t, c = torch.randn(3, 1, 8, 8), torch.full((3,), 300.0), torch.arange(3)
+    with torch.no_grad():
+        assert torch.equal(q.net(x, t, c), back.net(x, t, c))
+    with pytest.raises(ValueError, match="group_size"):
+        QuantConfig(scheme="fp8", group_size=32)

@@ -29,7 +29,7 @@ from .tiny import tiny_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CALIB = {"calib_samples": 64, "calib_steps": 8}  # 512 calibration rows
+CALIB = {"calib_samples": 64, "calib_steps": 8, "group_size": 0}  # 512 calibration rows; per-channel scales
 
 
 def unet_denoiser(seed=0) -> Denoiser:

@@ -88,7 +88,7 @@ def test_demo_writes_report(tmp_path):
     report = run_demo(tmp_path, models=("digits-teacher",), nfe=(2, 4), n=40, log=lambda *_: None,
                       compression_steps=4, prune_iters=2)
     text = report.read_text()
-    assert "## Compression" in text and "| W4A8 (packed int4 weights) |" in text and "EcoDiff" in text
+    assert "## Compression" in text and "| W4A8 (packed int4, groups of 32) |" in text and "EcoDiff" in text
     assert "| digits-teacher | dpmpp_2m | 4 |" in text
     assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 1000
     assert (tmp_path / "digits-teacher-samples.png").stat().st_size > 500

@@ -73,6 +73,8 @@ def quantize(
     act: str = typer.Option("", help="activation scales: static (calibrated) or token (dynamic); default per scheme"),
     reconstruction: str = typer.Option("none", help="weight rounding: none | adaround | brecq"),
     recon_iters: int = typer.Option(200, help="Adam steps per reconstructed unit"),
+    group_size: int = typer.Option(-1, help="int weights: one scale per this many input columns "
+                                   "(0: per channel; default: 32 for int4, per channel otherwise)"),
     no_tfmq: bool = typer.Option(False, "--no-tfmq", help="quantize the time embedding path like any other"),
     no_split: bool = typer.Option(False, "--no-split", help="one activation scale for U-Net skip concatenations"),
     seed: int = typer.Option(0),
@@ -84,7 +86,7 @@ def quantize(
 
     config = QuantConfig(scheme=scheme, act=act or None, calibration=calib, calib_samples=calib_samples,
                          calib_steps=calib_steps, reconstruction=reconstruction, recon_iters=recon_iters,
-                         tfmq=not no_tfmq, split_shortcut=not no_split, seed=seed)
+                         tfmq=not no_tfmq, split_shortcut=not no_split, group_size=None if group_size < 0 else group_size, seed=seed)
     den = _load(model)
     q = quantize_denoiser(den, config)
     save_denoiser(q, out, card={"quantized_from": str(model)})

@@ -16,7 +16,7 @@ from .registry import load_model
 VARIANTS = (
     ("full precision", None),
     ("W8A8 (int8, trajectory-calibrated)", QuantConfig(scheme="w8a8", calib_samples=16)),
-    ("W4A8 (packed int4 weights)", QuantConfig(scheme="w4a8", calib_samples=16)),
+    ("W4A8 (packed int4, groups of 32)", QuantConfig(scheme="w4a8", calib_samples=16)),
     ("FP8 e4m3 (dynamic per token)", QuantConfig(scheme="fp8")),
     ("EcoDiff pruned, 20% of prunable params", PruneConfig(ratio=0.2, iters=30, progress=False)),
 )

@@ -17,6 +17,8 @@ OBSERVERS = ("mse", "minmax", "percentile")
 RECONSTRUCTIONS = ("none", "adaround", "brecq")
 # First and last layers stay in full precision by default (Q-Diffusion / BRECQ practice).
 DEFAULT_KEEP = ("conv_in", "conv_out", "patch_embed", "final.linear")
+# Per-channel int4 lost 49% dFD on the shapes teacher; groups of 32 kept it (docs/benchmarks/compression.md).
+DEFAULT_INT4_GROUP = 32
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class QuantConfig:
     reconstruction: "none", "adaround" (per-layer) or "brecq" (per-block) weight-rounding
         reconstruction on the calibration set (`recon_iters` Adam steps per unit).
     keep: module names (prefix match) left in full precision.
+    group_size: 0 for per-output-channel weight scales, else one scale per group of this many input
+        columns (GPTQ / AWQ practice for 4-bit weights; the integer GEMM then runs per group).
+        None (default): 32 for int4 weights, per channel for int8 and fp8.
     """
 
     scheme: str = "w8a8"
@@ -55,6 +60,7 @@ class QuantConfig:
     reconstruction: str = "none"
     recon_iters: int = 200
     keep: tuple[str, ...] = DEFAULT_KEEP
+    group_size: int | None = None  # None: 32 for int4 weights, per channel otherwise
     seed: int = 0
 
     def __post_init__(self):
@@ -76,12 +82,20 @@ class QuantConfig:
         for name in ("calib_samples", "calib_steps", "recon_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"QuantConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size is not None and (self.group_size < 0 or (self.group_size and self.scheme == "fp8")):
+            raise ValueError(f"group_size={self.group_size}: use 0 (per channel) or a positive size for int schemes")
         if not 0.0 <= self.single_step <= 1.0:
             raise ValueError(f"single_step={self.single_step} must be a fraction in [0, 1]")
 
     @property
     def weight_format(self) -> str:
         return SCHEMES[self.scheme][0]
+
+    @property
+    def weight_group(self) -> int:
+        if self.group_size is None:
+            return DEFAULT_INT4_GROUP if self.weight_format == "int4" else 0
+        return self.group_size
 
     @property
     def act_mode(self) -> str:

@@ -57,7 +57,9 @@ def _matmul(layer, rows: Tensor, qx: Tensor | None, r: Tensor | None) -> tuple[T
     if backend == "scaled_mm" and rows.is_cuda and qx is not None and layer.weight_format == "fp8":
         if k % 16 == 0 and n % 16 == 0:
             return _scaled_mm_fp8(layer, qx, r, m), True  # bias already added
-    if backend == "triton" and rows.is_cuda and triton_available():
+    if layer.group and qx is not None and backend in ("int_mm", "triton"):
+        return _grouped_int_mm(layer, qx, r), False
+    if backend == "triton" and rows.is_cuda and triton_available() and not layer.group:
         from . import triton_kernels
 
         if qx is None:
@@ -75,10 +77,27 @@ def _matmul(layer, rows: Tensor, qx: Tensor | None, r: Tensor | None) -> tuple[T
 def reference(layer, rows: Tensor, qx: Tensor | None, r: Tensor | None) -> Tensor:
     """The numerics contract in float32 (exact integer products up to 2^24), without the bias."""
     if qx is None:
-        w = layer.int_weight().to(rows.dtype) * layer.w_scale[:, None].to(rows.dtype)
+        w = layer.int_weight().to(rows.dtype) * layer.scale_matrix().to(rows.dtype)
         return rows @ w.t()
+    if layer.group:
+        return (qx.float() @ (layer.int_weight().float() * layer.scale_matrix()).t()) * r.float()
     acc = qx.float() @ layer.int_weight().float().t()
     return acc * r.float() * layer.w_scale[None, :]
+
+
+def _grouped_int_mm(layer, qx: Tensor, r: Tensor) -> Tensor:
+    """Group-wise weight scales: one int8 GEMM (int32 accumulation) per group of K, rescaled and summed."""
+    qw, g, k = layer.int_weight(), layer.group, layer.in_features
+    m, n = qx.shape[0], layer.out_features
+    out = torch.zeros(m, n, device=qx.device)
+    for i, k0 in enumerate(range(0, k, g)):
+        a, b = qx[:, k0 : k0 + g].contiguous(), qw[:, k0 : k0 + g].contiguous()
+        if b.shape[1] > 1 and (not qx.is_cuda or (m > 16 and b.shape[1] % 8 == 0 and n % 8 == 0)):
+            part = torch._int_mm(a, b.t()).float()
+        else:
+            part = a.float() @ b.float().t()
+        out += part * layer.w_scale[:, i][None, :]
+    return out * r.float()
 
 
 def _scaled_mm_fp8(layer, qx: Tensor, r: Tensor, m: int) -> Tensor:

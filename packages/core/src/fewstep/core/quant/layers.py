@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .qtensor import (
     FP8,
+    expand_groups,
     pack_int4,
     quantize_fp8,
     quantize_int,
@@ -69,6 +70,7 @@ class QuantLayer(nn.Module):
         bias: bool,
         conv: dict[str, Any] | None = None,
         n_t: int = 0,
+        group: int = 0,
     ):
         super().__init__()
         if kind not in ("linear", "conv"):
@@ -82,6 +84,9 @@ class QuantLayer(nn.Module):
         self.kind, self.out_features, self.in_features = kind, out_features, in_features
         self.weight_format, self.act = weight_format, act
         self.conv = dict(conv or {})
+        if group < 0 or group and weight_format == "fp8":
+            raise ValueError(f"group={group}: use 0 (per channel) or a positive group size with int4/int8 weights")
+        self.group = int(group)
         self.backend = "auto"
         self.time_context: TimeContext | None = None
         n, k = out_features, in_features
@@ -92,7 +97,7 @@ class QuantLayer(nn.Module):
         else:
             qweight = torch.zeros(n, k, dtype=torch.int8)
         self.register_buffer("qweight", qweight)
-        self.register_buffer("w_scale", torch.ones(n))
+        self.register_buffer("w_scale", torch.ones(n, -(-k // group)) if group else torch.ones(n))
         self.register_buffer("bias", torch.zeros(n) if bias else None)
         self.register_buffer("in_scale", torch.ones(k) if act in ("static", "per_t") else None)
         self.register_buffer("t_values", torch.zeros(n_t) if act == "per_t" else None)
@@ -113,6 +118,7 @@ class QuantLayer(nn.Module):
         act: str,
         in_scale: Tensor | None = None,
         t_table: tuple[Tensor, Tensor] | None = None,
+        group: int = 0,
     ) -> QuantLayer:
         """Quantize ``layer``; ``in_scale`` (K,) for static activations, ``t_table`` (t, scale) for per_t."""
         if isinstance(layer, nn.Conv2d):
@@ -135,7 +141,7 @@ class QuantLayer(nn.Module):
         w = cls.float_matrix(layer)
         n_t = 0 if t_table is None else len(t_table[0])
         q = cls(kind, w.shape[0], w.shape[1], weight_format=weight_format, act=act,
-                bias=layer.bias is not None, conv=conv, n_t=n_t)
+                bias=layer.bias is not None, conv=conv, n_t=n_t, group=group)
         q.to(layer.weight.device)
         if layer.bias is not None:
             q.bias.copy_(layer.bias.detach().float())
@@ -167,7 +173,7 @@ class QuantLayer(nn.Module):
         if self.weight_format == "fp8":
             q, s = quantize_weight(w, "fp8")
         else:
-            q, s = quantize_weight(w, 4 if self.weight_format == "int4" else 8)
+            q, s = quantize_weight(w, 4 if self.weight_format == "int4" else 8, self.group)
             if self.weight_format == "int4":
                 q = pack_int4(q)
         self.qweight.copy_(q)
@@ -177,7 +183,7 @@ class QuantLayer(nn.Module):
         """Store already-rounded integer weights (e.g. from AdaRound) with their per-row scales."""
         q = q.to(torch.int8)
         self.qweight.copy_(pack_int4(q) if self.weight_format == "int4" else q)
-        self.w_scale.copy_(scale.float().flatten())
+        self.w_scale.copy_(scale.float().reshape(self.w_scale.shape))
 
     def _apply(self, fn, recurse=True):
         """`.to(device)` moves the buffers; `.to(dtype)` / `.half()` leave their storage formats alone
@@ -199,9 +205,15 @@ class QuantLayer(nn.Module):
             return unpack_int4(self.qweight, self.in_features)
         return self.qweight
 
+    def scale_matrix(self) -> Tensor:
+        """Weight scales broadcastable against the (N, K) integer weight: (N, 1) or, grouped, (N, K)."""
+        if self.group:
+            return expand_groups(self.w_scale, self.group, self.in_features)
+        return self.w_scale[:, None]
+
     def dequantized_weight(self) -> Tensor:
         """The effective float (N, K) weight, in_scale unfolded: what the layer multiplies by."""
-        w = self.int_weight().float() * self.w_scale[:, None]
+        w = self.int_weight().float() * self.scale_matrix()
         if self.in_scale is not None:
             w = w / self.in_scale[None, :]
         return w
@@ -294,7 +306,8 @@ class QuantLayer(nn.Module):
         return run_matmul(self, rows, qx, r)
 
     def extra_repr(self) -> str:
-        return (f"{self.kind}, {self.in_features}->{self.out_features}, weight={self.weight_format}, "
+        return (f"{self.kind}, {self.in_features}->{self.out_features}, weight={self.weight_format}"
+                f"{f' (groups of {self.group})' if self.group else ''}, "
                 f"act={self.act}, backend={self.backend}")
 
 

@@ -40,18 +40,33 @@ def quantize_fp8(x: Tensor, scale: Tensor) -> Tensor:
     return torch.clamp(x.float() / scale, -FP8_MAX, FP8_MAX).to(FP8)
 
 
-def quantize_weight(w: Tensor, bits: int | str) -> tuple[Tensor, Tensor]:
-    """Per-output-channel symmetric quantization of a (N, K) matrix -> (q, scale (N,)).
+def quantize_weight(w: Tensor, bits: int | str, group: int = 0) -> tuple[Tensor, Tensor]:
+    """Symmetric quantization of a (N, K) matrix per output channel -> (q, scale (N,)), or per
+    group of ``group`` consecutive input columns -> (q, scale (N, ceil(K / group))).
 
     q is int8 for 4 and 8 bits (4-bit values lie in [-7, 7]; pack them with `pack_int4`) or
-    float8 e4m3 for "fp8".
+    float8 e4m3 for "fp8". Group-wise scales (as GPTQ / AWQ use for 4-bit weights) follow the
+    weight's range across K, at one scale per ``group`` weights.
     """
     if w.ndim != 2:
         raise ValueError(f"quantize_weight takes a (N, K) matrix, got shape {tuple(w.shape)}")
+    if group:
+        if bits == "fp8":
+            raise ValueError("fp8 weights use per-channel scales; group-wise scales are for int4/int8")
+        n, k = w.shape
+        g = -(-k // group)
+        padded = torch.nn.functional.pad(w.detach().abs(), (0, g * group - k))
+        scale = scale_from_amax(padded.reshape(n, g, group).amax(dim=2), bits)  # (N, G)
+        return quantize_int(w, expand_groups(scale, group, k), int(bits)), scale
     scale = scale_from_amax(w.detach().abs().amax(dim=1), bits)  # (N,)
     if bits == "fp8":
         return quantize_fp8(w, scale[:, None]), scale
     return quantize_int(w, scale[:, None], int(bits)), scale
+
+
+def expand_groups(scale: Tensor, group: int, k: int) -> Tensor:
+    """(N, G) group scales -> (N, K) per-weight scales (the last group may be short)."""
+    return scale.repeat_interleave(group, dim=1)[:, :k]
 
 
 def dequantize(q: Tensor, scale: Tensor) -> Tensor:

@@ -111,7 +111,7 @@ def quantize(denoiser: Denoiser, config: QuantConfig | None = None) -> Denoiser:
             in_scale = torch.ones(())
             t_table = observers[name].t_table(config.observer)
         q = QuantLayer.from_float(layer, weight_format=config.weight_format, act=p["act"], in_scale=in_scale,
-                                  t_table=t_table)
+                                  t_table=t_table, group=config.weight_group)
         q.time_context = ctx
         _set_module(net, name, q)
         specs[name] = layer_spec(q)
@@ -140,6 +140,7 @@ def layer_spec(q: QuantLayer) -> dict[str, Any]:
         "bias": q.bias is not None,
         "conv": q.conv or None,
         "n_t": 0 if q.t_values is None else len(q.t_values),
+        "group": q.group,
     }
 
 
@@ -156,7 +157,7 @@ def restore_structure(net: nn.Module, spec: dict[str, Any]) -> nn.Module:
         except AttributeError as e:
             raise ValueError(f"quantized layer {name!r} does not exist in this net") from e
         q = QuantLayer(ls["kind"], ls["out"], ls["in"], weight_format=ls["weight_format"], act=ls["act"],
-                       bias=ls["bias"], conv=ls.get("conv"), n_t=ls.get("n_t", 0))
+                       bias=ls["bias"], conv=ls.get("conv"), n_t=ls.get("n_t", 0), group=ls.get("group", 0))
         q.time_context = ctx
         _set_module(net, name, q)
     n_t = int(spec.get("time_cache", 0))

@@ -81,7 +81,7 @@ def forward_with_weight(layer: QuantLayer, x: Tensor, w_int: Tensor) -> Tensor:
             return _conv_with_weight(layer, x, w_int, s_c)
     rows, shape = layer.to_rows(x)  # (M, K)
     rows = rows.float()
-    w = w_int * layer.w_scale[:, None]  # (N, K), in_scale still folded in
+    w = w_int * layer.scale_matrix()  # (N, K), in_scale still folded in
     if layer.act != "none":
         batch = x.shape[0] if x.ndim > 1 else 1
         r = layer.row_scale(rows, max(1, rows.shape[0] // max(1, batch)))  # (M, 1) or (1, 1)
@@ -117,7 +117,7 @@ def _conv_with_weight(layer: QuantLayer, x: Tensor, w_int: Tensor, s_c: Tensor |
     if layer.act != "none":
         s = torch.ones((), device=x.device) if s_c is None else s_c.reshape(1, -1, 1, 1)
         x = fake_quant(x, r * s, 8) / s  # q_x * r, as the integer kernel sees it
-    w = (w_int * layer.w_scale[:, None]).reshape(layer.out_features, c["in_channels"], *c["kernel_size"])
+    w = (w_int * layer.scale_matrix()).reshape(layer.out_features, c["in_channels"], *c["kernel_size"])
     y = torch.nn.functional.conv2d(x, w, layer.bias, stride=c["stride"], padding=c["padding"],
                                    dilation=c["dilation"])
     return y.to(dtype)
@@ -135,7 +135,7 @@ class SoftRounding(nn.Module):
         folded = w.float().to(layer.w_scale.device)  # (N, K)
         if layer.in_scale is not None:
             folded = folded * layer.in_scale[None, :]
-        ratio = folded / layer.w_scale[:, None]
+        ratio = folded / layer.scale_matrix()
         self.register_buffer("w_floor", torch.floor(ratio))
         self.V = nn.Parameter(inverse_rectified_sigmoid(ratio - self.w_floor))
 
