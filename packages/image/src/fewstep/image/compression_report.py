@@ -18,7 +18,7 @@ VARIANTS = (
     ("W8A8 (int8, trajectory-calibrated)", QuantConfig(scheme="w8a8", calib_samples=16)),
     ("W4A8 (packed int4, groups of 32)", QuantConfig(scheme="w4a8", calib_samples=16)),
     ("FP8 e4m3 (dynamic per token)", QuantConfig(scheme="fp8")),
-    ("EcoDiff pruned, 20% of prunable params", PruneConfig(ratio=0.2, iters=30, progress=False)),
+    ("EcoDiff pruned, 20% of prunable params", PruneConfig(ratio=0.2, iters=60, progress=False)),
 )
 
 
@@ -28,7 +28,7 @@ def _with(config, steps: int, iters: int):
     return config if config is None else replace(config, calib_steps=steps)
 
 
-def compare_compression(name: str, n: int, seed: int, log, steps: int = 20, prune_iters: int = 30) -> list[str]:
+def compare_compression(name: str, n: int, seed: int, log, steps: int = 20, prune_iters: int = 60) -> list[str]:
     """Markdown rows: each compressed variant of ``name`` at ``steps`` DDIM steps."""
     den = load_model(name)
     dataset = dataset_of(den)
@@ -37,6 +37,8 @@ def compare_compression(name: str, n: int, seed: int, log, steps: int = 20, prun
              "|---|---:|---:|---:|---:|---:|---:|"]
     for label, config in VARIANTS:
         config = _with(config, steps, prune_iters)
+        if isinstance(config, PruneConfig):
+            label = f"{label} ({prune_iters} mask iterations)"
         t0 = time.perf_counter()
         model = den if config is None else quantize(den, config) if isinstance(config, QuantConfig) else \
             prune(den, config)

@@ -90,7 +90,7 @@ def run_demo(
     seed: int = 0,
     log=print,
     compression_steps: int = 20,
-    prune_iters: int = 30,
+    prune_iters: int = 60,
 ) -> Path:
     """Sample every model at every NFE, measure dFD/accuracy/recall/time, write ``report.md``."""
     out = Path(out)
