@@ -148,7 +148,7 @@ def run(args) -> list[dict]:
                 row["ms"] = time_ms(fwd, device, args.reps)
                 if device == "cuda":
                     row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-                del net, fn_net
+                net = fn_net = fwd = None  # free the variant before the next one builds
             except Exception as e:  # keep the other rows: report the failure in the table
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 traceback.print_exc()

@@ -6,37 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.core.checkpoints import load_denoiser, save_denoiser
-from fewstep.core.denoiser import Denoiser
-from fewstep.core.nets import DiT, DiTConfig, UNet, UNetConfig
 from fewstep.core.quant import QuantConfig, QuantLayer, plan_layers, quantize, set_backend, weight_bytes
 from fewstep.core.quant.calibrate import calibration_set
 from fewstep.core.quant.qtensor import FP8_MAX, pack_int4, quantize_weight, unpack_int4
 from fewstep.core.quant.tfmq import CachedTimeEmbedding
-from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 
+from .tiny import tiny_dit_denoiser, tiny_unet_denoiser
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_unet_denoiser(seed=0) -> Denoiser:
-    torch.manual_seed(seed)
-    cfg = UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                     attn_resolutions=(4,), num_classes=3)
-    net = UNet(cfg)
-    with torch.no_grad():  # a zero output conv would make every output 0: give it weights
-        net.conv_out.weight.normal_(0, 0.1)
-    return Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 8, 8), num_classes=3, clip_x0=1.0).eval()
-
-
-def tiny_dit_denoiser(seed=0) -> Denoiser:
-    torch.manual_seed(seed)
-    net = DiT(DiTConfig(in_channels=1, image_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                        num_classes=3))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0, m.weight.shape[1] ** -0.5)
-    return Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 8, 8), num_classes=3, clip_x0=1.0).eval()
 
 
 def rel(a, b):

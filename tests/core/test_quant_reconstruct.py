@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from fewstep.core.denoiser import Denoiser
-from fewstep.core.nets import DiT, DiTConfig, UNet, UNetConfig
 from fewstep.core.quant import QuantConfig, QuantLayer, quantize
 from fewstep.core.quant.calibrate import calibration_set
 from fewstep.core.quant.config import DEFAULT_KEEP
@@ -23,33 +22,12 @@ from fewstep.core.quant.reconstruct import (
     rectified_sigmoid,
     rounding_regularizer,
 )
-from fewstep.core.schedules import VPDiscrete
 
-from .tiny import tiny_denoiser
+from .tiny import tiny_denoiser, tiny_dit_denoiser, tiny_unet_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CALIB = {"calib_samples": 64, "calib_steps": 8, "group_size": 0}  # 512 calibration rows; per-channel scales
-
-
-def unet_denoiser(seed=0) -> Denoiser:
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                          attn_resolutions=(4,), num_classes=3))
-    with torch.no_grad():  # the zero-initialised output conv would make every output 0
-        net.conv_out.weight.normal_(0, 0.1)
-    return Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 8, 8), num_classes=3, clip_x0=1.0).eval()
-
-
-def dit_denoiser(seed=0) -> Denoiser:
-    torch.manual_seed(seed)
-    net = DiT(DiTConfig(in_channels=1, image_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                        num_classes=3))
-    with torch.no_grad():  # adaLN-Zero starts every block as the identity: give the maps weights
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0, m.weight.shape[1] ** -0.5)
-    return Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 8, 8), num_classes=3, clip_x0=1.0).eval()
 
 
 def tinynet_denoiser() -> Denoiser:
@@ -58,7 +36,7 @@ def tinynet_denoiser() -> Denoiser:
     return den
 
 
-DENOISERS = {"tiny": tinynet_denoiser, "unet": unet_denoiser, "dit": dit_denoiser}
+DENOISERS = {"tiny": tinynet_denoiser, "unet": tiny_unet_denoiser, "dit": tiny_dit_denoiser}
 # TinyNet's time layer is Linear(1, 8): torch._int_mm on the CPU returns garbage for K = 1 with a
 # transposed weight, so it stays in full precision here.
 KEEP = {"tiny": ("time",), "unet": (), "dit": ()}
@@ -128,7 +106,7 @@ def test_forward_with_the_stored_integers_is_the_layers_forward(kind, act):
 
 # -- units --------------------------------------------------------------------------------------
 def test_units_are_blocks_for_brecq_and_layers_for_adaround():
-    q = quantize(unet_denoiser(), QuantConfig(scheme="w4a8", **CALIB))
+    q = quantize(tiny_unet_denoiser(), QuantConfig(scheme="w4a8", **CALIB))
     names = [n for n, m in q.net.named_modules() if isinstance(m, QuantLayer)]
     brecq = reconstruction_units(q.net, names, "brecq")
     assert [u.name for u in brecq] == ["down.0", "down.2", "mid.0", "mid.1", "up.0", "up.1.conv", "up.2"]
@@ -162,7 +140,7 @@ def test_learned_rounding_beats_nearest_rounding_on_heldout_inputs(model, mode, 
 
 
 def test_only_the_quantized_weights_change_and_the_original_is_untouched():
-    den = unet_denoiser()
+    den = tiny_unet_denoiser()
     den.train()  # reconstruction runs in eval mode and gives the mode back
     config = QuantConfig(scheme="w4a8", reconstruction="brecq", recon_iters=20, **CALIB)
     q = quantize(den, QuantConfig(scheme="w4a8", **CALIB))
@@ -185,7 +163,7 @@ def test_only_the_quantized_weights_change_and_the_original_is_untouched():
 
 
 def test_fp8_layers_and_unknown_names_are_skipped():
-    den = unet_denoiser()
+    den = tiny_unet_denoiser()
     q = quantize(den, QuantConfig(scheme="fp8", reconstruction="adaround", recon_iters=5, **CALIB))
     plain = quantize(den, QuantConfig(scheme="fp8", **CALIB))
     assert all(torch.equal(v, plain.net.state_dict()[k]) for k, v in q.net.state_dict().items())
