@@ -310,7 +310,3 @@ class QuantLayer(nn.Module):
                 f"{f' (groups of {self.group})' if self.group else ''}, "
                 f"act={self.act}, backend={self.backend}")
 
-
-def scale_for(amax: Tensor, bits: int | str = 8) -> Tensor:
-    """Calibrated activation scale from a clipping range (re-exported for calibration)."""
-    return scale_from_amax(amax, bits)
