@@ -18,7 +18,7 @@ def test_registry_lists_teachers_and_classifiers():
     names = shipped_names()
     assert {"digits-teacher", "shapes-teacher", "digits-classifier", "shapes-classifier"} <= set(names)
     assert "teacher on digits" in summary("digits-teacher")
-    with pytest.raises(FileNotFoundError, match="neither a shipped model"):
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint path"):
         resolve("no-such-model")
 
 
@@ -65,7 +65,7 @@ def test_evaluate_cli_json():
 
 def test_cli_errors_are_clear():
     r = runner.invoke(app, ["evaluate", "nope"])
-    assert r.exit_code == 2 and "neither a shipped model" in r.output
+    assert r.exit_code == 2 and "neither a checkpoint path" in r.output
     r = runner.invoke(app, ["evaluate", "digits-teacher", "--steps", "0"])
     assert r.exit_code == 2 and "at least 1 step" in r.output
 

@@ -9,8 +9,7 @@ from dataclasses import replace
 from fewstep.core.prune import PruneConfig, prune
 from fewstep.core.quant import QuantConfig, quantize, weight_bytes
 
-from .evaluate import EvalConfig, dataset_of, generate
-from .quality import evaluate_samples
+from .evaluate import EvalConfig, evaluate_denoiser
 from .registry import load_model
 
 VARIANTS = (
@@ -31,7 +30,6 @@ def _with(config, steps: int, iters: int):
 def compare_compression(name: str, n: int, seed: int, log, steps: int = 20, prune_iters: int = 60) -> list[str]:
     """Markdown rows: each compressed variant of ``name`` at ``steps`` DDIM steps."""
     den = load_model(name)
-    dataset = dataset_of(den)
     cfg = EvalConfig(solver="ddim", steps=steps, n=n, seed=seed)
     lines = ["| variant | dFD | accuracy | weight MB | parameters | ms / sample | compress s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -43,10 +41,9 @@ def compare_compression(name: str, n: int, seed: int, log, steps: int = 20, prun
         model = den if config is None else quantize(den, config) if isinstance(config, QuantConfig) else \
             prune(den, config)
         prep = time.perf_counter() - t0
-        x, y, _, sec = generate(model, cfg)
-        q = evaluate_samples(dataset, x, y)
+        r = evaluate_denoiser(model, cfg)
         params = "-" if isinstance(config, QuantConfig) else f"{sum(p.numel() for p in model.net.parameters()):,}"
-        lines.append(f"| {label} | {q.dfd:.3f} | {q.accuracy:.3f} | {weight_bytes(model.net) / 1e6:.2f} | "
-                     f"{params} | {sec * 1e3:.2f} | {prep:.0f} |")
-        log(f"{name:16s} {label:40s} dFD {q.dfd:.3f}  acc {q.accuracy:.3f}  {weight_bytes(model.net) / 1e6:.2f} MB")
+        lines.append(f"| {label} | {r['dfd']:.3f} | {r['accuracy']:.3f} | {weight_bytes(model.net) / 1e6:.2f} | "
+                     f"{params} | {r['seconds_per_sample'] * 1e3:.2f} | {prep:.0f} |")
+        log(f"{name:16s} {label:40s} dFD {r['dfd']:.3f}  acc {r['accuracy']:.3f}  {weight_bytes(model.net) / 1e6:.2f} MB")
     return lines

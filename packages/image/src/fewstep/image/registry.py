@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.denoiser import Denoiser
-from fewstep.core.io import checkpoint_paths, read_card
+from fewstep.core.io import read_card
+from fewstep.core.models import resolve_model
 
 from .classifier import weights_dir
 
@@ -22,17 +23,8 @@ def shipped_names() -> list[str]:
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """Checkpoint stem for a shipped name or a path; a clear error when neither exists."""
-    s = str(name_or_path)
-    if s in shipped_names():
-        return weights_dir() / s
-    stem = checkpoint_paths(s)[0].with_suffix("")
-    if checkpoint_paths(stem)[1].is_file():
-        return stem
-    raise FileNotFoundError(
-        f"{s!r} is neither a shipped model ({', '.join(shipped_names()) or 'none installed'}) nor a "
-        f"checkpoint path (expected {stem}.safetensors and {stem}.json)"
-    )
+    """Checkpoint stem for a shipped name (of any installed fewstep package) or a path; a clear error otherwise."""
+    return resolve_model(name_or_path)
 
 
 def load_model(name_or_path: str | os.PathLike, device: str = "cpu") -> Denoiser:

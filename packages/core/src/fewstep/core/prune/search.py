@@ -28,8 +28,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..denoiser import Denoiser
-from ..solvers.common import check_grid, coeffs
-from ..solvers.grids import make_grid
+from ..solvers import Bound, sampling_grid
+from ..solvers.first_order import ddim_step
 from .masks import MaskHooks, UnitMasks, attach_masks, plan_gates, straight_through
 from .threshold import check_ratio, plan_from_scores
 from .units import KINDS, UnitSet, check_net, discover_units
@@ -104,21 +104,9 @@ class MaskSearch:
 # -- the trajectory ------------------------------------------------------------------------------
 
 
-def ddim_step(den: Denoiser, x: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, guidance: float | None) -> Tensor:
-    """One DDIM step t -> s (Song et al. 2021, Eq. 12, eta = 0): x_s = alpha_s x0 + sigma_s eps."""
-    a_t, s_t, _ = coeffs(den, t)
-    a_s, s_s, _ = coeffs(den, s)
-    x0 = den(x, t, cond, guidance)
-    eps = (x - a_t * x0) / s_t
-    return a_s * x0 + s_s * eps
-
-
 def time_grid(den: Denoiser, steps: int, grid: str = "logsnr", denoise_to_zero: bool = True) -> Tensor:
     """The descending grid ``solvers.sample`` uses for the same arguments (float64)."""
-    ts = check_grid(den.schedule, make_grid(den.schedule, steps, grid))
-    if denoise_to_zero and float(ts[-1]) != 0.0:
-        ts = torch.cat([ts[:-1], ts.new_zeros(1)])
-    return ts
+    return sampling_grid(den.schedule, steps, grid, denoise_to_zero)
 
 
 def trajectory(
@@ -136,12 +124,13 @@ def trajectory(
     the backward pass.
     """
     ts = ts.to(x_T.device)
+    model = Bound(den, cond, guidance)
     x = x_T * den.schedule.sigma(ts[0]).to(x_T.dtype)
     for t, s in pairwise(ts):
         if checkpoint and torch.is_grad_enabled():
-            x = _checkpoint(ddim_step, den, x, t, s, cond, guidance, use_reentrant=False)
+            x = _checkpoint(ddim_step, model, x, t, s, use_reentrant=False)
         else:
-            x = ddim_step(den, x, t, s, cond, guidance)
+            x = ddim_step(model, x, t, s)
     return x
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import run_matmul
 from .qtensor import (
     FP8,
     expand_groups,
@@ -293,8 +294,6 @@ class QuantLayer(nn.Module):
         return F.conv2d(x.to(w.dtype), w, b, c["stride"], c["padding"], c["dilation"]).to(x.dtype)
 
     def matmul(self, rows: Tensor, rows_per_batch: int) -> Tensor:
-        from .kernels import run_matmul
-
         if self.act == "none":
             return run_matmul(self, rows, None, None)
         r = self.row_scale(rows, rows_per_batch)  # (M, 1) or (1, 1)

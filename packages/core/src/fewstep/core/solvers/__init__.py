@@ -61,7 +61,7 @@ def available() -> list[str]:
     return sorted(SOLVERS)
 
 
-class _Bound:
+class Bound:
     """Binds conditioning and guidance so solvers see ``model(x, t) -> x0``."""
 
     def __init__(self, denoiser: Denoiser, cond, guidance):
@@ -70,6 +70,18 @@ class _Bound:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         return self.denoiser(x, t, self.cond, self.guidance)
+
+
+def sampling_grid(schedule, steps: int, grid: str | os.PathLike | Tensor = "logsnr", denoise_to_zero: bool = False) -> Tensor:
+    """The checked, descending time grid ``sample`` integrates over (float64, on the CPU).
+
+    With ``denoise_to_zero`` a named grid's last time becomes 0 and an explicit grid gets 0 appended.
+    """
+    ts = check_grid(schedule, make_grid(schedule, steps, grid))
+    if denoise_to_zero and float(ts[-1]) != 0.0:
+        zero = ts.new_zeros(1)
+        ts = torch.cat([ts, zero]) if isinstance(grid, Tensor) else torch.cat([ts[:-1], zero])
+    return ts
 
 
 @torch.no_grad()
@@ -98,14 +110,11 @@ def sample(
         raise ValueError(f"unknown solver {solver!r}; available: {', '.join(available())}")
     if solver in OWN_FINISH and isinstance(grid, str) and grid == "logsnr":
         grid = "tuned"  # the paper's recipe is a grid and a solver together
-    ts = check_grid(denoiser.schedule, make_grid(denoiser.schedule, steps, grid))
     if solver in OWN_FINISH:
         opts["denoise_to_zero"] = denoise_to_zero
-    elif denoise_to_zero and float(ts[-1]) != 0.0:
-        zero = ts.new_zeros(1)
-        ts = torch.cat([ts, zero]) if isinstance(grid, Tensor) else torch.cat([ts[:-1], zero])
+    ts = sampling_grid(denoiser.schedule, steps, grid, denoise_to_zero and solver not in OWN_FINISH)
     ts = ts.to(x_T.device)
-    model = _Bound(denoiser, cond, guidance)
+    model = Bound(denoiser, cond, guidance)
     x = x_T * denoiser.schedule.sigma(ts[0]).to(x_T.dtype)
     fn = SOLVERS[solver]
     if solver in STOCHASTIC:
@@ -121,6 +130,8 @@ __all__ = [
     "check_grid",
     "make_grid",
     "sample",
+    "sampling_grid",
+    "Bound",
     "SearchConfig",
     "SearchResult",
     "autodiffusion_search",
