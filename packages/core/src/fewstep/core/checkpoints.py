@@ -30,6 +30,8 @@ def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> di
         "guidance": denoiser.guidance,
         "steps": denoiser.steps,
         "clip_x0": denoiser.clip_x0,
+        "sampler": denoiser.sampler,
+        "boundary": denoiser.boundary,
         "info": denoiser.info,
         **({"transforms": transforms} if transforms else {}),
     }
@@ -81,6 +83,8 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
         guidance=float(card.get("guidance", 1.0)),
         steps=card.get("steps"),
         clip_x0=card.get("clip_x0"),
+        sampler=card.get("sampler"),
+        boundary=card.get("boundary"),
         info=card.get("info", {}),
     )
     den.card = card

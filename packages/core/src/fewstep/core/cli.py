@@ -29,6 +29,9 @@ def info() -> None:
     from .quant import SCHEMES
 
     typer.echo(f"quant:       {', '.join(SCHEMES)} (fewstep quantize); pruning: fewstep prune")
+    from .distill import methods
+
+    typer.echo(f"distill:     {', '.join(methods())} (fewstep-image distill METHOD)")
 
 
 @app.command()

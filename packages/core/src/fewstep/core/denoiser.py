@@ -81,6 +81,12 @@ class Denoiser(nn.Module):
         num_classes: for class-label nets, the null label (unconditional) is ``num_classes``.
         guidance: default classifier-free guidance scale w (1 = no guidance).
         steps: for distilled students, the number of steps they were trained for (None = any).
+        sampler: a distilled student's own sampling rule, ``{"solver": name, "grid": [times] or a
+            grid name, **solver options}``; ``sample(den, x)`` uses it when no solver is named.
+        boundary: consistency-model parametrisation ``{"sigma_data": s, "timestep_scaling": k}``:
+            x0 = c_skip(t) x + c_out(t) x0_net with c_skip = s^2 / ((k n)^2 + s^2) and
+            c_out = k n / sqrt((k n)^2 + s^2), n the net time (Song et al. 2023, Eq. 5; LCM's
+            timestep scaling). c_skip = 1, c_out = 0 at net time 0, so f(x, t_min) = x exactly.
         clip_x0: if set, x0 predictions are clipped to [-clip_x0, clip_x0] at sampling time (not in
             training mode) and the other parametrisations follow from the clipped x0 (diffusers'
             ``clip_sample``; Saharia et al. 2022 static thresholding). For data in a known range.
@@ -99,6 +105,8 @@ class Denoiser(nn.Module):
         guidance: float = 1.0,
         steps: int | None = None,
         clip_x0: float | None = None,
+        sampler: dict[str, Any] | None = None,
+        boundary: dict[str, float] | None = None,
         info: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -116,6 +124,14 @@ class Denoiser(nn.Module):
         if clip_x0 is not None and clip_x0 <= 0:
             raise ValueError(f"clip_x0={clip_x0} must be positive (the data range), or None")
         self.clip_x0 = clip_x0
+        if sampler is not None and "solver" not in sampler:
+            raise ValueError(f"sampler={sampler!r} must name a 'solver' (and usually a 'grid')")
+        self.sampler = dict(sampler) if sampler is not None else None
+        if boundary is not None and set(boundary) != {"sigma_data", "timestep_scaling"}:
+            raise ValueError(f"boundary={boundary!r} needs exactly the keys 'sigma_data' and 'timestep_scaling'")
+        self.boundary = dict(boundary) if boundary is not None else None
+        # A guidance-distilled net takes w as an input: one pass per guided call instead of two.
+        self.guidance_embedded = bool(getattr(getattr(net, "config", None), "guidance_embed", False))
         self.info = dict(info or {})
         self.nfe = 0
         self.net_evals = 0
@@ -148,11 +164,12 @@ class Denoiser(nn.Module):
         return t
 
     # -- network call ----------------------------------------------------------------------------
-    def _net(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+    def _net(self, x: Tensor, t: Tensor, cond: Tensor | None, guidance: float | Tensor | None = None) -> Tensor:
         self.net_evals += 1
         scale = self.schedule.input_scale(t)
         x_in = x if scale is None else x * _bcast(scale, x)
-        out = self.net(x_in, self.schedule.net_time(t).to(x.dtype), cond)
+        net_t = self.schedule.net_time(t).to(x.dtype)
+        out = self.net(x_in, net_t, cond) if guidance is None else self.net(x_in, net_t, cond, guidance=guidance)
         if out.shape != x.shape:
             raise ValueError(f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         return out
@@ -165,7 +182,10 @@ class Denoiser(nn.Module):
 
     def raw(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: float | None = None) -> Tensor:
         """The network's own (guided) output in its native parametrisation."""
-        w = self.guidance if guidance is None else float(guidance)
+        w = self.guidance if guidance is None else guidance
+        if self.guidance_embedded:
+            return self._net(x, t, cond, w)
+        w = float(w)
         if cond is None or w == 1.0:
             return self._net(x, t, cond)
         # Classifier-free guidance: uncond + w (cond - uncond), in one batched pass.
@@ -187,6 +207,8 @@ class Denoiser(nn.Module):
         t = self._check(x, t, cond)
         self.nfe += 1
         out = self.raw(x, t, cond, guidance)
+        if self.boundary is not None:
+            out = self._apply_boundary(out, x, t)
         clip = self.clip_x0 is not None and not self.training
         if kind == self.prediction and not clip:
             return out
@@ -198,6 +220,18 @@ class Denoiser(nn.Module):
         eps = (x - _bcast(alpha, x) * x0) / _bcast(sigma, x)
         return from_x0_eps(x0, eps, kind, alpha, sigma)
 
+    def _apply_boundary(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """Consistency skip/out parametrisation on x0, returned in the net's own parametrisation."""
+        alpha, sigma = self.coefficients(t)
+        x0, _ = to_x0_eps(out, self.prediction, x, alpha, sigma)
+        sd, k = self.boundary["sigma_data"], self.boundary["timestep_scaling"]
+        n = k * self.schedule.net_time(t).clamp(min=0).to(x.dtype)
+        c_skip = sd**2 / (n**2 + sd**2)
+        c_out = n / torch.sqrt(n**2 + sd**2)
+        x0 = _bcast(c_skip, x) * x + _bcast(c_out, x) * x0
+        eps = (x - _bcast(alpha, x) * x0) / _bcast(sigma, x)
+        return from_x0_eps(x0, eps, self.prediction, alpha, sigma)
+
     def forward(
         self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, guidance: float | None = None, kind: str = "x0"
     ) -> Tensor:
@@ -207,5 +241,6 @@ class Denoiser(nn.Module):
         return (
             f"schedule={self.schedule.kind}, prediction={self.prediction}, "
             f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, steps={self.steps}, "
+            f"sampler={self.sampler}, boundary={self.boundary}, "
             f"clip_x0={self.clip_x0}"
         )

@@ -27,9 +27,9 @@ def models() -> None:
 @friendly
 def evaluate(
     model: str = typer.Argument(..., help="shipped name (see `models`) or checkpoint path"),
-    solver: str = typer.Option("dpmpp_2m", help="sampler; `fewstep info` lists them"),
+    solver: str = typer.Option("auto", help="sampler; `fewstep info` lists them (auto: a distilled student's own rule, else dpmpp_2m)"),
     steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's own, else 20)"),
-    grid: str = typer.Option("logsnr", help="time grid: uniform, logsnr, karras, quadratic, tuned, or a searched grid .json"),
+    grid: Optional[str] = typer.Option(None, help="time grid: uniform, logsnr, karras, quadratic, tuned, or a searched grid .json (default: the student's trained grid, else logsnr)"),
     n: int = typer.Option(500, help="number of samples"),
     seed: int = typer.Option(0),
     guidance: float = typer.Option(1.0, help="classifier-free guidance scale (1 = none)"),
@@ -40,7 +40,7 @@ def evaluate(
     from .registry import load_model
 
     den = load_model(model)
-    cfg = EvalConfig(solver=solver, steps=steps if steps is not None else (den.steps or 20), grid=grid, n=n, seed=seed, guidance=guidance)
+    cfg = EvalConfig(solver=solver, steps=steps, grid=grid, n=n, seed=seed, guidance=guidance)
     r = evaluate_denoiser(den, cfg)
     if as_json:
         typer.echo(json.dumps({"model": model, **r}))
@@ -107,6 +107,33 @@ def search_grid_cmd(
     base = ", ".join(f"{k} {v:.4g}" for k, v in r.baselines.items())
     typer.echo(f"searched {steps}-step grid: {metric} {r.score:.4g} (named grids: {base}); saved {out}")
     typer.echo("times: " + ", ".join(f"{t:.5f}" for t in r.grid.tolist()))
+
+
+@app.command("distill")
+@friendly
+def distill_cmd(
+    method: str = typer.Argument(..., help="distillation method; `fewstep info` lists them (cd, pd, scm, reflow, ...)"),
+    teacher: str = typer.Option("digits-teacher", help="shipped name (digits or digits-teacher, shapes) or checkpoint path"),
+    steps: int = typer.Option(4, help="the student's sampling steps (NFE)"),
+    out: Path = typer.Option(..., help="student checkpoint stem (OUT.safetensors + OUT.json + OUT.report.json)"),
+    iters: Optional[int] = typer.Option(None, help="training iterations (default: the benchmark budget, 600)"),
+    batch_size: Optional[int] = typer.Option(None, help="global batch (default 64)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default 5e-5)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="objective setting key=value (repeatable), e.g. -o ema_decay=0.95"),
+    work_dir: Optional[Path] = typer.Option(None, help="checkpoints for resume (default: OUT.work)"),
+    eval_n: int = typer.Option(500, help="samples for the final report"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Distil a teacher into a few-step student; resumes if interrupted; prints and saves a report.
+
+    Scale out with: torchrun --nproc-per-node N $(which fewstep-image) distill ...
+    """
+    from .distill import parse_options, run_distill
+
+    name = {"digits": "digits-teacher", "shapes": "shapes-teacher"}.get(teacher, teacher)
+    run_distill(method, name, steps, out, iters=iters, batch_size=batch_size, lr=lr, options=parse_options(option),
+                work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo)
+    typer.echo(f"saved {out}.safetensors, {out}.json and {out}.report.json")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fewstep.core.denoiser import Denoiser
-from fewstep.core.solvers import sample
+from fewstep.core.solvers import resolve_rule, sample
 
 from .data import DATASETS
 from .quality import evaluate_samples
@@ -16,9 +16,9 @@ from .quality import evaluate_samples
 
 @dataclass(frozen=True)
 class EvalConfig:
-    solver: str = "dpmpp_2m"
-    steps: int = 20
-    grid: str = "logsnr"
+    solver: str = "auto"  # a student's own rule, else dpmpp_2m (fewstep.core.solvers.resolve_rule)
+    steps: int | None = None  # None: the student's own step count, else 20
+    grid: str | None = None  # None: the student's trained grid, else logsnr
     n: int = 500
     seed: int = 0
     guidance: float = 1.0
@@ -26,7 +26,7 @@ class EvalConfig:
     denoise_to_zero: bool = True  # last step returns the x0 prediction (as diffusers' schedulers do)
 
     def __post_init__(self):
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps={self.steps}: sampling needs at least 1 step")
         if self.n < 20:
             raise ValueError(f"n={self.n}: use at least 20 samples for a meaningful dFD")
@@ -61,11 +61,12 @@ def evaluate_denoiser(den: Denoiser, cfg: EvalConfig = EvalConfig()) -> dict:
     """One JSON-ready dict: dfd, accuracy, precision, recall, nfe, seconds_per_sample, histogram."""
     x, y, nfe, sec = generate(den, cfg)
     report = evaluate_samples(dataset_of(den), x, y)
+    solver, steps, _, _ = resolve_rule(den, cfg.solver, cfg.steps, cfg.grid)
     return {
         **report.to_dict(),
         "nfe": nfe,
         "seconds_per_sample": sec,
-        "solver": cfg.solver,
-        "steps": cfg.steps,
+        "solver": solver,
+        "steps": steps,
         "guidance": cfg.guidance,
     }

@@ -41,6 +41,7 @@ class UNetConfig:
     cond_dim: int = 0  # >0: float conditioning vectors (B, cond_dim); all-NaN rows are null
     dropout: float = 0.0
     label_dropout: float = 0.1  # CFG dropout, training mode only
+    guidance_embed: bool = False  # guidance-distilled students take the CFG scale w as an input
 
     def __post_init__(self):
         # Accept lists (e.g. from JSON) for the tuple fields.
@@ -171,6 +172,13 @@ class UNet(nn.Module):
             nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.cond_emb = CondEmbedding(cfg.num_classes, cfg.cond_dim, emb_dim, cfg.label_dropout)
+        if cfg.guidance_embed:
+            # w-conditioning of guided distillation (Meng et al. 2023, Sec. 3.1): Fourier features
+            # of w through an MLP, added to the time embedding. Zero-initialised output so a student
+            # copied from its teacher starts as the teacher.
+            self.guidance_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         # Encoder: each res block's output is saved as a skip for the mirrored decoder block.
@@ -213,11 +221,17 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # a fresh net outputs zeros
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, guidance: Tensor | float | None = None) -> Tensor:
         cfg = self.config
         t = check_inputs("UNet", x, t, cfg.in_channels, cfg.image_size)  # (B,)
         b = x.shape[0]
         emb = self.time_mlp(timestep_embedding(t, cfg.channels).to(x.dtype))  # (B, E)
+        if cfg.guidance_embed:
+            w = torch.as_tensor(1.0 if guidance is None else guidance, device=x.device, dtype=torch.float32)
+            w = w.expand(b) if w.ndim == 0 else w
+            emb = emb + self.guidance_mlp(timestep_embedding(100.0 * (w - 1.0), cfg.channels).to(x.dtype))
+        elif guidance is not None:
+            raise ValueError("this UNet was not built with guidance_embed=True; it cannot take a guidance input")
         c = self.cond_emb(cond, b, x.device)  # (B, E) or None
         if c is not None:
             emb = emb + c.to(emb.dtype)

@@ -17,7 +17,10 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from .common import check_grid
-from .first_order import sample_ddim
+from .arcflow import sample_arcflow
+from .boot import sample_boot
+from .consistency import sample_consistency
+from .first_order import ddim_step, sample_ddim
 from .grids import GRIDS, make_grid
 from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from .second_order import sample_heun
@@ -51,14 +54,41 @@ SOLVERS = {
     "tuned": sample_tuned,
     "tuned_sde": sample_tuned_sde,
     "dmcmc": sample_dmcmc,
+    "consistency": sample_consistency,
+    "boot": sample_boot,
+    "arcflow": sample_arcflow,
 }
-STOCHASTIC = {"ddpm", "dpmpp_2m_sde", "edm_sde", "dmcmc", "tuned_sde"}  # these take ``generator``
+STOCHASTIC = {"ddpm", "dpmpp_2m_sde", "edm_sde", "dmcmc", "tuned_sde", "consistency"}  # these take ``generator``
 OWN_FINISH = {"tuned", "tuned_sde"}  # stop early by design; denoise_to_zero is the solver's own final x0 call
 
 
+DEFAULT_SOLVER, DEFAULT_STEPS = "dpmpp_2m", 20
+
+
 def available() -> list[str]:
-    """Names accepted by :func:`sample`."""
+    """Names accepted by :func:`sample` ("auto" picks a student's own rule, else dpmpp_2m)."""
     return sorted(SOLVERS)
+
+
+def resolve_rule(denoiser: Denoiser, solver: str = "auto", steps: int | None = None, grid=None) -> tuple[str, int, object, dict]:
+    """(solver, steps, grid, options) that ``sample`` will use.
+
+    ``solver="auto"`` takes a distilled student's own rule (``denoiser.sampler``: its solver, its
+    trained grid and options) and otherwise DPM-Solver++(2M) with 20 logSNR steps. A student's
+    trained grid is used when neither ``steps`` nor ``grid`` asks for something else.
+    """
+    rule = dict(denoiser.sampler or {})
+    if solver == "auto":
+        solver = rule.pop("solver", DEFAULT_SOLVER)
+        own_grid = rule.pop("grid", None)
+        if grid is None and own_grid is not None and (steps is None or steps == denoiser.steps):
+            grid = torch.tensor(own_grid, dtype=torch.float64) if isinstance(own_grid, list) else own_grid
+        opts = rule
+    else:
+        opts = {}
+    if steps is None:
+        steps = denoiser.steps or DEFAULT_STEPS
+    return solver, steps, ("logsnr" if grid is None else grid), opts
 
 
 class Bound:
@@ -88,9 +118,9 @@ def sampling_grid(schedule, steps: int, grid: str | os.PathLike | Tensor = "logs
 def sample(
     denoiser: Denoiser,
     x_T: Tensor,
-    solver: str = "dpmpp_2m",
-    steps: int = 20,
-    grid: str | os.PathLike | Tensor = "logsnr",
+    solver: str = "auto",
+    steps: int | None = None,
+    grid: str | os.PathLike | Tensor | None = None,
     cond: Tensor | None = None,
     guidance: float | None = None,
     generator: torch.Generator | None = None,
@@ -104,8 +134,11 @@ def sample(
     ``denoise_to_zero`` the last time of a named grid becomes 0, so the last step returns the x0
     prediction at t_{N-1} (diffusers' ``final_sigmas_type="zero"``; same NFE); an explicit grid
     gets a 0 appended. Returns the sample at the grid's last time (t_min, where sigma is ~1e-2 or
-    less, or exactly 0).
+    less, or exactly 0). ``solver="auto"`` (default) samples a distilled student with its own rule
+    and step count, and anything else with dpmpp_2m at 20 steps (see :func:`resolve_rule`).
     """
+    solver, steps, grid, rule_opts = resolve_rule(denoiser, solver, steps, grid)
+    opts = {**rule_opts, **opts}
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; available: {', '.join(available())}")
     if solver in OWN_FINISH and isinstance(grid, str) and grid == "logsnr":
@@ -127,6 +160,9 @@ __all__ = [
     "SOLVERS",
     "STOCHASTIC",
     "available",
+    "resolve_rule",
+    "ddim_step",
+    "sample_consistency",
     "check_grid",
     "make_grid",
     "sample",

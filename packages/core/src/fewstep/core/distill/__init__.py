@@ -1,0 +1,29 @@
+"""Distillation: few-step students from a teacher Denoiser, every method an Objective for one loop.
+
+``distill(teacher, make_objective("cd"), DistillConfig(steps=4), out)`` trains and saves a
+student; ``methods()`` lists the objectives. See docs/distillation.md.
+"""
+
+from .base import Batch, DistillModule, Objective, StudentSpec, make_student, uniform_times
+from .registry import METHODS, make_objective, methods, objective_class
+from .runner import DistillConfig, DistillResult, distill
+from .trajectories import TrajectoryConfig, cached_trajectories, teacher_trajectories
+
+__all__ = [
+    "Batch",
+    "DistillConfig",
+    "DistillModule",
+    "DistillResult",
+    "METHODS",
+    "Objective",
+    "StudentSpec",
+    "TrajectoryConfig",
+    "cached_trajectories",
+    "distill",
+    "make_objective",
+    "make_student",
+    "methods",
+    "objective_class",
+    "teacher_trajectories",
+    "uniform_times",
+]

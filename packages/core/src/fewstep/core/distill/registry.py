@@ -1,0 +1,46 @@
+"""Method name -> objective class, imported lazily so one broken method never hides the others."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import Objective
+
+# name: (module under fewstep.core.distill, class). Trajectory family (issue "trajectory distillation").
+METHODS: dict[str, tuple[str, str]] = {
+    "pd": ("progressive", "ProgressiveDistillation"),
+    "guided-pd": ("progressive", "GuidedProgressiveDistillation"),
+    "cd": ("consistency", "ConsistencyDistillation"),
+    "mlcm": ("consistency", "MultistepConsistency"),
+    "hyper-sd": ("consistency", "HyperSD"),
+    "scott": ("consistency", "SCott"),
+    "slam": ("consistency", "SLAM"),
+    "scm": ("continuous", "SCM"),
+    "rcm": ("continuous", "RCM"),
+    "tbcm": ("continuous", "TBCM"),
+    "boot": ("boot", "BOOT"),
+    "reflow": ("reflow", "Reflow"),
+    "slimflow": ("reflow", "SlimFlow"),
+    "arcflow": ("arcflow", "ArcFlow"),
+}
+
+
+def methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def objective_class(name: str) -> type[Objective]:
+    if name not in METHODS:
+        raise ValueError(f"unknown distillation method {name!r}; known: {', '.join(methods())}")
+    module, cls = METHODS[name]
+    return getattr(import_module(f"{__package__}.{module}"), cls)
+
+
+def make_objective(name: str, **overrides) -> Objective:
+    """The objective ``name`` with its paper defaults, fields overridden by ``overrides``."""
+    cls = objective_class(name)
+    fields = getattr(cls, "__dataclass_fields__", {})
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise ValueError(f"{name}: unknown options {sorted(unknown)}; it takes {sorted(fields)}")
+    return cls(**overrides)

@@ -1,0 +1,159 @@
+"""``distill(teacher, objective, config, out)``: one entry point for every distillation objective.
+
+It builds the student from the objective's spec, prepares the data the objective asks for (real
+images, cached teacher trajectories, or labels only), trains with the core train loop (DDP under
+torchrun, atomic checkpoints, resume), and writes the student as a Denoiser checkpoint whose card
+carries its step count and sampling rule.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..checkpoints import save_denoiser
+from ..denoiser import Denoiser
+from ..prune.cost import SavedTensorBytes
+from ..train import TrainConfig, init_distributed, train
+from .base import DATA_KINDS, DistillModule, Objective, make_student
+from .trajectories import TrajectoryConfig, cached_trajectories
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What every distillation run shares; the method's own knobs live on its Objective."""
+
+    steps: int  # the student's number of sampling steps (NFE)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=64, lr=5e-5, warmup_steps=50, ema_decay=0.999))
+    teacher_guidance: float = 1.0
+    trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    use_ema: bool = True  # ship the EMA of the student weights (else the last iterate)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps}: a student needs at least 1 sampling step")
+        if self.teacher_guidance < 0:
+            raise ValueError("teacher_guidance must be >= 0")
+
+
+@dataclass
+class DistillResult:
+    student: Denoiser
+    seconds: float
+    losses: list[float]
+    peak_bytes: int  # CUDA: max allocated; CPU: bytes autograd saves for one training step
+    peak_kind: str
+    resumed_from: int
+
+
+def _training_data(module: DistillModule, objective: Objective, cfg: DistillConfig, data, work: Path, progress: bool) -> list:
+    teacher = module.teacher
+    if objective.data == "real":
+        if data is None:
+            raise ValueError(f"{objective.name} trains on real data: pass data=(x0, labels)")
+        x0, cond = data
+        if tuple(x0.shape[1:]) != tuple(teacher.sample_shape or x0.shape[1:]):
+            raise ValueError(f"data has shape {tuple(x0.shape[1:])} but the teacher samples {teacher.sample_shape}")
+        return [x0, cond if teacher.num_classes else None, None, None]
+    if objective.data == "trajectory":
+        tr = cached_trajectories(teacher, cfg.trajectories, work / "trajectories", progress)
+        traj = tr["traj"]
+        return [traj[:, -1], tr.get("cond"), traj, tr["traj_t"].expand(traj.shape[0], -1)]
+    n = 4096
+    labels = torch.arange(n) % max(1, teacher.num_classes)
+    return [torch.zeros(n, 0), labels if teacher.num_classes else None, None, None]
+
+
+def _peak(module: DistillModule, data: list, device, generator_seed: int, no_data: bool) -> tuple[int, str]:
+    """Training memory of one CPU step (batch 8): the bytes autograd saves for the backward pass."""
+    idx = torch.arange(min(8, data[0].shape[0]))
+    batch = [None if d is None else d[idx].to(device) for d in data]
+    if no_data:
+        batch[0] = None
+    gen = torch.Generator().manual_seed(generator_seed)
+    step = module.step.clone()
+    with SavedTensorBytes(ignore=list(module.parameters())) as m:
+        loss = module(*batch, gen).mean()
+    del loss
+    module.step.copy_(step)
+    return m.bytes, "autograd saved bytes (CPU, batch 8)"
+
+
+def distill(
+    teacher: Denoiser,
+    objective: Objective,
+    cfg: DistillConfig,
+    out: str | os.PathLike | None,
+    data: tuple[Tensor, Tensor | None] | None = None,
+    work_dir: str | os.PathLike | None = None,
+    card: dict | None = None,
+    progress: bool = True,
+    student_net: torch.nn.Module | None = None,
+) -> DistillResult:
+    """Distil ``teacher`` into a ``cfg.steps``-step student with ``objective``; save it at ``out``.
+
+    ``student_net`` replaces the objective's default student net (a copy of the teacher's).
+    Resumes from ``work_dir`` (default ``out.work``) when it holds a checkpoint of the same run.
+    ``out=None`` saves nothing (then ``work_dir`` is required); for students on foreign nets.
+    """
+    if out is None and work_dir is None:
+        raise ValueError("give out (the student checkpoint to write) or at least work_dir (for resumable state)")
+    if objective.data not in DATA_KINDS:
+        raise ValueError(f"{objective.name}: data kind {objective.data!r} not in {DATA_KINDS}")
+    if teacher.sample_shape is None:
+        raise ValueError("the teacher needs a sample_shape (Denoiser(..., sample_shape=...)) to be distilled")
+    work = Path(work_dir) if work_dir else Path(f"{out}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    rank, _, device = init_distributed()
+    teacher = teacher.to(device)
+    spec = objective.student_spec(teacher)
+    if student_net is not None:
+        spec = replace(spec, net=student_net)
+    student = make_student(teacher, spec, cfg.steps, objective.sampler(teacher, cfg.steps))
+    module = DistillModule(teacher, student, objective, cfg.train.steps, cfg.teacher_guidance).to(device)
+    train_data = _training_data(module, objective, cfg, data, work, progress and rank == 0)
+    no_data = objective.data == "none"
+    mem, mem_kind = _peak(module, train_data, device, cfg.train.seed, no_data) if device.type == "cpu" else (0, "")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def loss_fn(model, batch, gen):
+        x0, cond, traj, traj_t = batch
+        return model(None if no_data else x0, cond, traj, traj_t, gen)
+
+    run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.steps, **(card or {})}
+    t0 = time.perf_counter()
+    result = train(module, loss_fn, train_data, cfg.train, work, run_card)
+    seconds = time.perf_counter() - t0
+    if device.type == "cuda":
+        mem, mem_kind = int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
+    state = result.ema if cfg.use_ema else module.state_dict()
+    net_state = {k[len("student.net."):]: v for k, v in state.items() if k.startswith("student.net.")}
+    student.net.load_state_dict(net_state)
+    student.info = {
+        **dict(teacher.info),
+        "teacher": teacher.info.get("name", teacher.info.get("dataset")),
+        "distilled_by": objective.name,
+        "objective": objective.describe(),
+        "student_steps": cfg.steps,
+        "train_steps": result.step,
+        "train_seconds": round(seconds, 1),
+        "batch_size": cfg.train.batch_size,
+        "peak_bytes": mem,
+        "peak_kind": mem_kind,
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "made_by": "fewstep.core.distill",
+        "torch": torch.__version__,
+    }
+    for k in ("final_loss", "train_config", "note"):
+        student.info.pop(k, None)
+    if rank == 0 and out is not None:
+        save_denoiser(student, out, card={"distill_config": asdict(cfg)})
+    return DistillResult(student.eval(), seconds, result.losses, mem, mem_kind, result.resumed_from)
+
