@@ -8,6 +8,7 @@ those names without depending on the package.
 from __future__ import annotations
 
 import os
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -18,7 +19,11 @@ def shipped() -> dict[str, Path]:
     """{name: checkpoint stem} of every shipped model of every installed fewstep package."""
     out: dict[str, Path] = {}
     for ep in entry_points(group="fewstep.models"):
-        folder = Path(ep.load()())
+        try:
+            folder = Path(ep.load()())
+        except ImportError as e:  # a half-installed package must not hide the others' models
+            warnings.warn(f"fewstep.models entry point {ep.name!r} ({ep.value}) failed to load: {e}; reinstall that package", stacklevel=2)
+            continue
         for card in sorted(folder.glob("*.json")):
             out.setdefault(card.stem, card.with_suffix(""))
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .compression_report import compare_compression
-from .evaluate import EvalConfig, generate
+from .evaluate import EvalConfig, evaluate_denoiser, generate
 from .quality import evaluate_samples, real_data_baseline
 from .registry import load_model, summary
 
@@ -81,6 +81,34 @@ def compare_solvers(name: str, nfes: tuple[int, ...], n: int, seed: int, log) ->
     return lines
 
 
+def shipped_students() -> list[str]:
+    """Shipped distilled students (a card with a step count), e.g. digits-traj-1step."""
+    from fewstep.core.io import read_card
+
+    from .registry import resolve, shipped_names
+
+    return [m for m in shipped_names() if read_card(resolve(m)).get("kind") == "denoiser" and read_card(resolve(m)).get("steps")]
+
+
+def compare_students(n: int, seed: int, log) -> list[str]:
+    """Each shipped student with its own sampling rule beside its teacher at the same NFE and at 50."""
+    lines = [
+        "| model | method | sampler | NFE | dFD | accuracy | recall | ms / sample | teacher dFD, same NFE (dpmpp_2m) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in shipped_students():
+        den = load_model(name)
+        r = evaluate_denoiser(den, EvalConfig(n=n, seed=seed))
+        teacher = load_model(den.info.get("teacher") or f"{den.info['dataset']}-teacher")
+        t = evaluate_denoiser(teacher, EvalConfig(solver="dpmpp_2m", steps=den.steps, n=n, seed=seed))
+        log(f"{name:20s} {r['solver']} {r['steps']} steps: dFD {r['dfd']:7.3f} (teacher at the same NFE {t['dfd']:.3f})")
+        lines.append(
+            f"| {name} | {den.info.get('distilled_by', '?')} | {r['solver']} | {r['nfe']:.0f} | {r['dfd']:.3f} | {r['accuracy']:.3f} | "
+            f"{r['recall']:.3f} | {r['seconds_per_sample'] * 1e3:.2f} | {t['dfd']:.3f} |"
+        )
+    return lines if len(lines) > 2 else ["No distilled students are shipped in this install."]
+
+
 def run_demo(
     out: str | os.PathLike = "demo-out",
     models: tuple[str, ...] = DEFAULT_MODELS,
@@ -119,6 +147,7 @@ def run_demo(
         )
     compare = compare_solvers(models[0], COMPARE_NFE, n, seed, log)
     compression = compare_compression(models[0], n, seed, log, compression_steps, prune_iters)
+    students = compare_students(n, seed, log)
     plot_quality(rows, out / "quality_vs_nfe.png")
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = [
@@ -156,6 +185,13 @@ def run_demo(
         "`benchmarks/compression.py` has the full comparison (torchao, every calibration, GPU speed).",
         "",
         *compression,
+        "",
+        "## Distilled students",
+        "",
+        "Few-step students distilled from the teachers (`fewstep-image distill`), each sampled with its own rule "
+        "(`solver=\"auto\"`), beside the teacher at the same NFE. `benchmarks/distill_trajectory.py` compares every method.",
+        "",
+        *students,
         "",
         *sections,
     ]

@@ -59,6 +59,7 @@ SOLVERS = {
     "arcflow": sample_arcflow,
 }
 STOCHASTIC = {"ddpm", "dpmpp_2m_sde", "edm_sde", "dmcmc", "tuned_sde", "consistency"}  # these take ``generator``
+STUDENT_ONLY = {"boot", "arcflow"}  # sample only students trained for them (their nets predict something else)
 OWN_FINISH = {"tuned", "tuned_sde"}  # stop early by design; denoise_to_zero is the solver's own final x0 call
 
 
@@ -159,6 +160,7 @@ __all__ = [
     "GRIDS",
     "SOLVERS",
     "STOCHASTIC",
+    "STUDENT_ONLY",
     "available",
     "resolve_rule",
     "ddim_step",

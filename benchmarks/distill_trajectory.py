@@ -1,0 +1,190 @@
+"""Trajectory distillation side by side: every method on a shipped teacher under one training budget.
+
+    uv run python benchmarks/distill_trajectory.py --teacher digits --methods cd,pd,scm   # train + measure
+    uv run python benchmarks/distill_trajectory.py --teacher digits --baseline            # the teacher rows
+    uv run python benchmarks/distill_trajectory.py --render                               # only the markdown
+
+Each method trains once (its natural step count: 4 for progressive distillation, 1 otherwise), with
+the same iterations, batch and learning rate, initialised from the teacher (SlimFlow: a smaller
+net); the student is then sampled with its own rule at 1, 2 and 4 steps. Rows accumulate in
+docs/benchmarks/distill_trajectory.json (one per teacher and method); runs go to runs/distill/.
+Writes docs/benchmarks/distill_trajectory.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DOCS, machine, table  # noqa: E402
+
+JSON = DOCS / "distill_trajectory.json"
+RUNS = Path(__file__).resolve().parent.parent / "runs" / "distill"
+TRAIN_STEPS = {"pd": 4, "guided-pd": 4, "mlcm": 4, "hyper-sd": 1}  # others: 1-step students
+EVAL_STEPS = (1, 2, 4)
+TEACHER_SOLVERS = ("dpmpp_2m", "unipc", "ddim", "heun")
+
+
+def _load() -> dict:
+    return json.loads(JSON.read_text()) if JSON.is_file() else {"rows": {}, "teacher": {}}
+
+
+def _save(db: dict) -> None:
+    JSON.write_text(json.dumps(db, indent=1))
+
+
+def baseline(teacher: str, n: int) -> dict:
+    """The teacher at 1, 2, 4 and 50 NFE with the best of several solvers (by dFD)."""
+    from fewstep.image.evaluate import EvalConfig, evaluate_denoiser
+    from fewstep.image.registry import load_model
+
+    den = load_model(f"{teacher}-teacher")
+    out = {}
+    for nfe in (*EVAL_STEPS, 50):
+        best = None
+        for solver in TEACHER_SOLVERS:
+            steps = max(1, nfe // 2) if solver == "heun" else nfe
+            if solver == "heun" and nfe < 2:
+                continue
+            r = evaluate_denoiser(den, EvalConfig(solver=solver, steps=steps, n=n, grid="logsnr" if solver != "ddim" else "uniform"))
+            print(f"teacher {teacher} {solver} {steps} steps: dFD {r['dfd']:.3f} (NFE {r['nfe']:.0f})", flush=True)
+            if best is None or r["dfd"] < best["dfd"]:
+                best = {**r, "nfe_budget": nfe}
+        out[str(nfe)] = {k: best[k] for k in ("dfd", "accuracy", "recall", "precision", "nfe", "solver", "steps", "seconds_per_sample")}
+    return out
+
+
+def run_method(teacher: str, method: str, n: int, iters: int, batch: int, options: dict) -> dict:
+    from fewstep.core.distill import DistillConfig, distill, make_objective
+    from fewstep.core.solvers import available
+    from fewstep.image.data import load_dataset
+    from fewstep.image.distill import BUDGET, TRAJECTORIES
+    from fewstep.image.evaluate import EvalConfig, evaluate_denoiser
+    from fewstep.image.registry import load_model
+
+    den = load_model(f"{teacher}-teacher")
+    objective = make_objective(method, **options)
+    k = TRAIN_STEPS.get(method, 1)
+    cfg = DistillConfig(steps=k, train=replace(BUDGET, steps=iters, batch_size=batch), trajectories=TRAJECTORIES[teacher])
+    data = load_dataset(teacher, "train") if objective.data == "real" else None
+    out = RUNS / teacher / method
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = distill(den, objective, cfg, out, data=data, work_dir=RUNS / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"})
+    student = res.student
+    rule = dict(student.sampler)
+    evals = {}
+    for steps in EVAL_STEPS:
+        grid = objective.sampler(den, steps).get("grid")
+        grid_t = torch.tensor(grid, dtype=torch.float64) if isinstance(grid, list) else grid
+        assert rule["solver"] in available()
+        r = evaluate_denoiser(student, EvalConfig(steps=steps, grid=grid_t, n=n))
+        evals[str(steps)] = {k2: r[k2] for k2 in ("dfd", "accuracy", "recall", "precision", "nfe", "seconds_per_sample")}
+        print(f"{method} on {teacher}, {steps} steps: dFD {r['dfd']:.3f} acc {r['accuracy']:.3f} recall {r['recall']:.3f}", flush=True)
+    params = sum(p.numel() for p in student.net.parameters())
+    return {
+        "method": method,
+        "trained_steps": k,
+        "iterations": iters,
+        "batch_size": batch,
+        "train_seconds": round(res.seconds, 1),
+        "peak_bytes": res.peak_bytes,
+        "peak_kind": res.peak_kind,
+        "params": params,
+        "sampler": rule["solver"],
+        "eval": evals,
+        "options": objective.describe(),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def render(db: dict) -> str:
+    lines = [
+        "# Trajectory distillation",
+        "",
+        "`uv run python benchmarks/distill_trajectory.py --teacher T --methods ...` (see the script's docstring). "
+        "Every method trains once under the same budget (iterations, batch 64, lr 5e-5, EMA 0.999 of the student "
+        "weights), initialised from the teacher unless noted; the student is then sampled with its own rule at "
+        "1, 2 and 4 steps (n samples, class-balanced, seed 0). dFD: Fréchet distance of the shipped classifier's "
+        "features to the real test split (lower is better). Peak memory: bytes autograd saves for one CPU "
+        "training step at batch 8 (CUDA runs report max allocated).",
+        "",
+    ]
+    for teacher, base in db.get("teacher", {}).items():
+        lines += [f"## {teacher}", "", f"Teacher ({base.get('machine', '')}), best solver per NFE:", ""]
+        rows = [[nfe, r["solver"], r["steps"], r["dfd"], r["accuracy"], r["recall"]] for nfe, r in base["rows"].items()]
+        lines += [table(["NFE", "solver", "steps", "dFD", "accuracy", "recall"], rows), ""]
+        srows = []
+        for key, r in sorted(db["rows"].items()):
+            if not key.startswith(teacher + "/"):
+                continue
+            e = r["eval"]
+            srows.append([r["method"], r["trained_steps"], e["1"]["dfd"], e["2"]["dfd"], e["4"]["dfd"], e["1"]["accuracy"],
+                          e["1"]["recall"], f"{r['params'] / 1e6:.2f}M", r["iterations"], r["train_seconds"], f"{r['peak_bytes'] / 2**20:.1f}"])
+        if srows:
+            lines += ["Students (dFD at 1 / 2 / 4 steps with their own sampling rule):", ""]
+            lines += [table(["method", "trained for K", "dFD 1", "dFD 2", "dFD 4", "acc@1", "recall@1", "params", "iters", "train s", "peak MB"], srows), ""]
+            lines += _goals(base["rows"], [r for k, r in db["rows"].items() if k.startswith(teacher + "/")])
+    return "\n".join(lines) + "\n"
+
+
+def _goals(base: dict, rows: list[dict]) -> list[str]:
+    if not rows or "50" not in base:
+        return []
+    t50 = base["50"]["dfd"]
+    best1 = min(rows, key=lambda r: r["eval"]["1"]["dfd"])
+    best4 = min(rows, key=lambda r: r["eval"]["4"]["dfd"])
+    b1, b4 = best1["eval"]["1"]["dfd"], best4["eval"]["4"]["dfd"]
+    beat = [r["method"] for r in rows if all(r["eval"][k]["dfd"] < base[k]["dfd"] for k in ("1", "2", "4") if k in base)]
+    return [
+        "Goals:",
+        "",
+        f"- best 1-step student within 1.2x of the teacher's 50-step dFD ({t50:.3f}): {best1['method']} at {b1:.3f} "
+        f"({b1 / t50:.2f}x): **{'met' if b1 <= 1.2 * t50 else 'not met'}**",
+        f"- best 4-step student at or below the teacher's 50-step dFD: {best4['method']} at {b4:.3f}: **{'met' if b4 <= t50 else 'not met'}**",
+        f"- students better than the teacher at their own NFE (1, 2 and 4): {', '.join(beat) or 'none'} "
+        f"({len(beat)} of {len(rows)})",
+        "",
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--teacher", default="digits", choices=["digits", "shapes"])
+    p.add_argument("--methods", default="")
+    p.add_argument("--baseline", action="store_true")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--iters", type=int, default=600)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--option", action="append", default=[], help="method:key=value")
+    p.add_argument("--render", action="store_true")
+    a = p.parse_args()
+    db = _load()
+    if a.baseline:
+        db = _load()
+        db["teacher"][a.teacher] = {"rows": baseline(a.teacher, a.n), "machine": machine()}
+        _save(db)
+    for method in [m for m in a.methods.split(",") if m]:
+        opts = {}
+        for o in a.option:
+            m, kv = o.split(":", 1)
+            if m == method:
+                from fewstep.image.distill import parse_options
+
+                opts.update(parse_options([kv]))
+        row = run_method(a.teacher, method, a.n, a.iters, a.batch, opts)
+        db = _load()  # other runs may have written meanwhile
+        db["rows"][f"{a.teacher}/{method}"] = row
+        _save(db)
+    (DOCS / "distill_trajectory.md").write_text(render(_load()))
+
+
+if __name__ == "__main__":
+    main()
