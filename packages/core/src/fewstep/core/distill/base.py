@@ -44,12 +44,15 @@ class Batch:
     cond: Tensor | None
     traj: Tensor | None = None
     traj_t: Tensor | None = None
+    n: int | None = None  # batch size when no tensor carries it (data-free, unconditional)
 
     @property
     def size(self) -> int:
         for v in (self.x0, self.traj, self.cond):
             if v is not None:
                 return v.shape[0]
+        if self.n is not None:
+            return self.n
         raise ValueError("empty batch")
 
 
@@ -186,8 +189,10 @@ class DistillModule(nn.Module):
         return float(self.step) / max(1, self.total_steps)
 
     # -- the training forward ---------------------------------------------------------------------
-    def forward(self, x0: Tensor | None, cond: Tensor | None, traj: Tensor | None, traj_t: Tensor | None, generator: torch.Generator) -> Tensor:
-        batch = Batch(x0=x0, cond=cond, traj=traj, traj_t=traj_t)
+    def forward(
+        self, x0: Tensor | None, cond: Tensor | None, traj: Tensor | None, traj_t: Tensor | None, generator: torch.Generator, n: int | None = None
+    ) -> Tensor:
+        batch = Batch(x0=x0, cond=cond, traj=traj, traj_t=traj_t, n=n)
         loss = self.objective.loss(self, batch, generator)
         if self.training:
             self.step += 1

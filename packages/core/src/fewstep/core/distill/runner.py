@@ -74,12 +74,13 @@ def _peak(module: DistillModule, data: list, device, generator_seed: int, no_dat
     """Training memory of one CPU step (batch 8): the bytes autograd saves for the backward pass."""
     idx = torch.arange(min(8, data[0].shape[0]))
     batch = [None if d is None else d[idx].to(device) for d in data]
-    if no_data:
-        batch[0] = None
     gen = torch.Generator().manual_seed(generator_seed)
     step = module.step.clone()
+    n = batch[0].shape[0]
+    if no_data:
+        batch[0] = None
     with SavedTensorBytes(ignore=list(module.parameters())) as m:
-        loss = module(*batch, gen).mean()
+        loss = module(*batch, gen, n=n).mean()
     del loss
     module.step.copy_(step)
     return m.bytes, "autograd saved bytes (CPU, batch 8)"
@@ -125,7 +126,7 @@ def distill(
 
     def loss_fn(model, batch, gen):
         x0, cond, traj, traj_t = batch
-        return model(None if no_data else x0, cond, traj, traj_t, gen)
+        return model(None if no_data else x0, cond, traj, traj_t, gen, n=x0.shape[0])
 
     run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.steps, **(card or {})}
     t0 = time.perf_counter()
