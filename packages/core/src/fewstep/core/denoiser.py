@@ -170,6 +170,10 @@ class Denoiser(nn.Module):
         x_in = x if scale is None else x * _bcast(scale, x)
         net_t = self.schedule.net_time(t).to(x.dtype)
         out = self.net(x_in, net_t, cond) if guidance is None else self.net(x_in, net_t, cond, guidance=guidance)
+        if out.shape != x.shape and (self.sampler or {}).get("solver") == "arcflow":
+            from .solvers.arcflow import mixture_mean  # K velocities + weights + rates -> their mixture at t
+
+            out = mixture_mean(out, x.shape[1])
         if out.shape != x.shape:
             raise ValueError(f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         return out
