@@ -109,7 +109,7 @@ def copy_net(teacher_net: nn.Module, guidance_embed: bool = False) -> nn.Module:
     except ValueError:
         if guidance_embed:
             raise ValueError("guidance_embed needs a fewstep net (UNet); this teacher's net is foreign") from None
-        return copy.deepcopy(teacher_net)
+        return copy.deepcopy(teacher_net).requires_grad_(True)  # the teacher may already be frozen
     cfg = {**cfg, "label_dropout": 0.0, **({"guidance_embed": True} if guidance_embed else {})}
     net = build_net(kind, cfg)
     missing, unexpected = net.load_state_dict(teacher_net.state_dict(), strict=False)
