@@ -122,6 +122,7 @@ def distill_cmd(
     option: list[str] = typer.Option([], "--option", "-o", help="objective setting key=value (repeatable), e.g. -o ema_decay=0.95"),
     work_dir: Optional[Path] = typer.Option(None, help="checkpoints for resume (default: OUT.work)"),
     eval_n: int = typer.Option(500, help="samples for the final report"),
+    trajectories: Optional[int] = typer.Option(None, help="teacher trajectories to generate for trajectory-based methods (default 4096 digits, 1024 shapes)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Distil a teacher into a few-step student; resumes if interrupted; prints and saves a report.
@@ -132,7 +133,7 @@ def distill_cmd(
 
     name = {"digits": "digits-teacher", "shapes": "shapes-teacher"}.get(teacher, teacher)
     run_distill(method, name, steps, out, iters=iters, batch_size=batch_size, lr=lr, options=parse_options(option),
-                work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo)
+                work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo, trajectories=trajectories)
     typer.echo(f"saved {out}.safetensors, {out}.json and {out}.report.json")
 
 

@@ -53,14 +53,21 @@ def run_distill(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    trajectories: int | None = None,
 ) -> dict[str, Any]:
-    """Train, save and evaluate one student; returns (and writes to ``out.report.json``) the report."""
+    """Train, save and evaluate one student; returns (and writes to ``out.report.json``) the report.
+
+    ``trajectories`` overrides how many teacher trajectories trajectory-based methods generate.
+    """
     den = load_model(teacher)
     dataset = dataset_of(den)
     objective = make_objective(method, **(options or {}))
     train_cfg = replace(BUDGET, seed=seed, progress=progress,
                         **{k: v for k, v in {"steps": iters, "batch_size": batch_size, "lr": lr}.items() if v is not None})
-    cfg = DistillConfig(steps=steps, train=train_cfg, trajectories=TRAJECTORIES.get(dataset, TrajectoryConfig()))
+    traj = TRAJECTORIES.get(dataset, TrajectoryConfig())
+    if trajectories is not None:
+        traj = replace(traj, n=trajectories, batch_size=min(traj.batch_size, trajectories))
+    cfg = DistillConfig(steps=steps, train=train_cfg, trajectories=traj)
     data = load_dataset(dataset, "train") if objective.data == "real" else None
     log(f"distilling {teacher} with {method} into a {steps}-step student ({train_cfg.steps} iterations, batch {train_cfg.batch_size})")
     res = distill(den, objective, cfg, out, data=data, work_dir=work_dir, card={"teacher": str(teacher)}, progress=progress)

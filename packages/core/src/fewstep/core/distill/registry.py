@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import import_module
 
 from .base import Objective
@@ -39,7 +40,7 @@ def objective_class(name: str) -> type[Objective]:
 def make_objective(name: str, **overrides) -> Objective:
     """The objective ``name`` with its paper defaults, fields overridden by ``overrides``."""
     cls = objective_class(name)
-    fields = getattr(cls, "__dataclass_fields__", {})
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     unknown = set(overrides) - set(fields)
     if unknown:
         raise ValueError(f"{name}: unknown options {sorted(unknown)}; it takes {sorted(fields)}")
