@@ -116,7 +116,9 @@ def render(db: dict) -> str:
         "weights), initialised from the teacher unless noted; the student is then sampled with its own rule at "
         "1, 2 and 4 steps (n samples, class-balanced, seed 0). dFD: Fréchet distance of the shipped classifier's "
         "features to the real test split (lower is better). Peak memory: bytes autograd saves for one CPU "
-        "training step at batch 8 (CUDA runs report max allocated).",
+        "training step at batch 8 (CUDA runs report max allocated). Training seconds were measured with "
+        "three or four jobs sharing a 2-core CPU, so they compare methods only roughly. The learning rate is "
+        "5e-5 for every method except SlimFlow (2e-4: its smaller student starts from scratch).",
         "",
     ]
     for teacher, base in db.get("teacher", {}).items():
