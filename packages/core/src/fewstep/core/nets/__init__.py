@@ -3,9 +3,16 @@
 Both share one contract, `net(x, t, cond=None) -> (B, C_out, H, W)` with t on a 0..1000 scale,
 and a frozen config that round-trips through a JSON dict (`build_net` / `net_spec`), which is
 what checkpoint cards store.
+
+Other packages add nets of any shape (e.g. fewstep-timeseries' 1-D S4 backbone) through the
+``fewstep.nets`` entry-point group: each entry point names a ``(ConfigClass, NetClass)`` pair,
+registered under the entry point's name, where the config has ``to_dict`` / ``from_dict`` and the
+net keeps it as ``net.config``.
 """
 
 from __future__ import annotations
+
+from importlib.metadata import entry_points
 
 from fewstep.core.nets.dit import DiT, DiTConfig
 from fewstep.core.nets.unet import UNet, UNetConfig
@@ -16,14 +23,27 @@ NETS: dict[str, tuple[type, type[nn.Module]]] = {
     "dit": (DiTConfig, DiT),
 }
 
-__all__ = ["NETS", "DiT", "DiTConfig", "UNet", "UNetConfig", "build_net", "net_spec"]
+__all__ = ["NETS", "DiT", "DiTConfig", "UNet", "UNetConfig", "build_net", "net_spec", "registered_nets"]
+
+
+def registered_nets() -> dict[str, tuple[type, type[nn.Module]]]:
+    """The built-in NETS plus every installed package's ``fewstep.nets`` entry points (built-ins win)."""
+    out = dict(NETS)
+    for ep in entry_points(group="fewstep.nets"):
+        if ep.name not in out:
+            out[ep.name] = tuple(ep.load())
+    return out
 
 
 def build_net(kind: str, config: dict) -> nn.Module:
-    """Builds the net `kind` ("unet" | "dit") from its config dict (as written by `net_spec`)."""
-    if kind not in NETS:
-        raise ValueError(f"unknown net kind {kind!r}; known kinds are {sorted(NETS)}")
-    config_cls, net_cls = NETS[kind]
+    """Builds the net `kind` ("unet" | "dit" | a registered kind) from its config dict (as written by `net_spec`)."""
+    nets = NETS if kind in NETS else registered_nets()
+    if kind not in nets:
+        raise ValueError(
+            f"unknown net kind {kind!r}; known kinds are {sorted(nets)} (install the fewstep package "
+            f"that provides it, e.g. fewstep-timeseries for 1-D nets)"
+        )
+    config_cls, net_cls = nets[kind]
     if isinstance(config, config_cls):
         return net_cls(config)
     return net_cls(config_cls.from_dict(dict(config)))
@@ -34,10 +54,14 @@ def net_spec(net: nn.Module) -> tuple[str, dict]:
     # Unwrap DDP / FSDP (`.module`) and torch.compile (`._orig_mod`) wrappers.
     while isinstance(getattr(net, "module", None), nn.Module) or hasattr(net, "_orig_mod"):
         net = getattr(net, "_orig_mod", None) or net.module
-    for kind, (_, net_cls) in NETS.items():
+    for kind, (_, net_cls) in NETS.items():  # built-ins first: registered_nets() imports every net package
+        if type(net) is net_cls:
+            return kind, net.config.to_dict()
+    nets = registered_nets()
+    for kind, (_, net_cls) in nets.items():
         if type(net) is net_cls:
             return kind, net.config.to_dict()
     raise ValueError(
         f"net_spec: {type(net).__name__} is not one of fewstep's nets "
-        f"({', '.join(c.__name__ for _, c in NETS.values())})"
+        f"({', '.join(c.__name__ for _, c in nets.values())}); register it under the 'fewstep.nets' entry-point group"
     )

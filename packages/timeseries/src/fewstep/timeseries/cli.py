@@ -1,0 +1,186 @@
+"""``fewstep-ts``: train, forecast, refine, evaluate and demo TSDiff (thin: parse and call)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from fewstep.core.cli_support import friendly
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="fewstep for time series (TSDiff on gluonts).")
+
+DATASET = typer.Option(None, help="built-in data: complex_seasonal, seasonal, sunspots, co2, elnino, nile")
+CSV = typer.Option(None, help="CSV file: a timestamp column and one or more value columns")
+FREQ = typer.Option(None, help="pandas frequency of the CSV rows, e.g. h, D, W, M, Y (required with --csv)")
+HORIZON = typer.Option(None, "--prediction-length", help="forecast horizon (default: the model's, or the dataset's)")
+WINDOWS = typer.Option(None, help="held-out test windows of prediction-length at the end of each series")
+TS_COL = typer.Option(None, help="name of the CSV's timestamp column (default: the first column)")
+
+
+def _data(dataset, csv, freq, prediction_length, windows, timestamp_column):
+    from .data import from_csv, load
+
+    if (dataset is None) == (csv is None):
+        raise ValueError("pass exactly one of --dataset NAME or --csv FILE")
+    if csv is not None:
+        if freq is None or prediction_length is None:
+            raise ValueError("--csv needs --freq (e.g. D) and --prediction-length")
+        return from_csv(csv, freq, prediction_length, windows or 1, timestamp_column)
+    return load(dataset, prediction_length, windows)
+
+
+def _model(model: str, prediction_length: Optional[int]):
+    from .model import load_tsdiff, tsdiff_config
+
+    den = load_tsdiff(model)
+    cfg = tsdiff_config(den)
+    if prediction_length is not None and prediction_length != cfg.prediction_length:
+        raise ValueError(f"{model} forecasts {cfg.prediction_length} steps, not {prediction_length}; retrain with "
+                         f"--prediction-length {prediction_length}")
+    return den, cfg
+
+
+def _guidance(solver: str, steps: Optional[int], scale: Optional[float], energy: str):
+    from .guidance import GuidanceConfig, default_scale
+
+    grid = "uniform" if solver in ("ddpm", "ddim") else "logsnr"
+    scale = default_scale(steps) if scale is None else scale
+    return GuidanceConfig(energy=energy, scale=scale, solver=solver, steps=steps, grid=grid)
+
+
+@app.command()
+@friendly
+def train(
+    out: Path = typer.Option(..., help="checkpoint stem to write (out.safetensors + out.json)"),
+    dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
+    prediction_length: Optional[int] = HORIZON, windows: Optional[int] = WINDOWS,
+    timestamp_column: Optional[str] = TS_COL,
+    context_length: Optional[int] = typer.Option(None, help="context window (default: 3 x prediction length)"),
+    lags: str = typer.Option("", help="comma-separated lags, e.g. 24,168 (default: the frequency's season)"),
+    scaling: str = typer.Option("mean", help="mean (TSDiff) or std"),
+    steps: int = typer.Option(3000, help="training steps"),
+    hidden: int = typer.Option(64), layers: int = typer.Option(3),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train TSDiff on the training part of the data (the test windows are held out)."""
+    from .config import TSDiffConfig
+    from .model import TrainSettings, save_tsdiff, train_tsdiff
+    from .recipes import default_lags
+
+    data = _data(dataset, csv, freq, prediction_length, windows, timestamp_column)
+    p = data.prediction_length
+    lag_list = tuple(int(v) for v in lags.split(",") if v.strip()) if lags else default_lags(data.freq, p)
+    cfg = TSDiffConfig(freq=data.freq, prediction_length=p, context_length=context_length or 3 * p, lags=lag_list,
+                       scaling=scaling, hidden=hidden, layers=layers)
+    den, result = train_tsdiff(cfg, data.train, TrainSettings(steps=steps, seed=seed), Path(str(out) + ".run"))
+    save_tsdiff(den, out, {"data": data.name})
+    typer.echo(f"trained {steps} steps in {result.seconds:.0f} s (final loss {sum(result.losses[-50:]) / 50:.4f}); "
+               f"wrote {out}.safetensors and {out}.json")
+
+
+@app.command()
+@friendly
+def forecast(
+    model: str = typer.Argument(..., help="checkpoint path (from `fewstep-ts train`)"),
+    dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
+    timestamp_column: Optional[str] = TS_COL,
+    solver: str = typer.Option("ddpm", help="ddpm, ddim, dpmpp_2m, ... (auto: a distilled student's own rule)"),
+    steps: Optional[int] = typer.Option(None, help="sampler steps (default 100, or a student's own)"),
+    scale: Optional[float] = typer.Option(None, help="self-guidance scale (default 4 at 50+ steps, 2 at 20-49, 1 below)"),
+    energy: str = typer.Option("quantile", help="quantile or mse"),
+    num_samples: int = typer.Option(100),
+    plot: Optional[Path] = typer.Option(None, help="write a PNG with quantile bands"),
+    out_csv: Optional[Path] = typer.Option(None, "--out", help="write the forecast quantiles as CSV"),
+) -> None:
+    """Forecast the next prediction-length steps after the end of each series."""
+    from .forecasting import forecast_future
+
+    den, cfg = _model(model, None)
+    data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, 1, timestamp_column)
+    table = forecast_future(den, data, _guidance(solver, steps, scale, energy), num_samples, plot, out_csv)
+    typer.echo(table)
+
+
+@app.command()
+@friendly
+def refine(
+    model: str = typer.Argument(..., help="checkpoint path"),
+    dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
+    windows: Optional[int] = WINDOWS, timestamp_column: Optional[str] = TS_COL,
+    base: str = typer.Option("seasonal_naive", help="gluonts predictor to refine: seasonal_naive or deepar"),
+    method: str = typer.Option("ml", help="ml (most likely) or langevin"),
+    iterations: int = typer.Option(20), step_size: float = typer.Option(0.1),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Refine a gluonts forecast with the model; print CRPS/ND/NRMSE before and after on the held-out tail."""
+    from .evaluate import deepar, evaluate, metrics_only, seasonal_naive
+    from .refine import RefineConfig, RefinedPredictor
+
+    den, cfg = _model(model, None)
+    data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, windows, timestamp_column)
+    predictor = seasonal_naive(data) if base == "seasonal_naive" else deepar(data, cfg.context_length) if base == "deepar" else None
+    if predictor is None:
+        raise ValueError(f"--base {base!r}; use seasonal_naive or deepar")
+    before = metrics_only(evaluate(predictor, data, desc=base))
+    refined = RefinedPredictor(predictor, den, RefineConfig(method=method, iterations=iterations, step_size=step_size))
+    after = metrics_only(evaluate(refined, data, desc="refine"))
+    if as_json:
+        typer.echo(json.dumps({"base": base, "method": method, "before": before, "after": after}))
+        return
+    typer.echo(f"{base}: CRPS {before['CRPS']:.4f} -> refined ({method}) {after['CRPS']:.4f}; "
+               f"ND {before['ND']:.4f} -> {after['ND']:.4f}; NRMSE {before['NRMSE']:.4f} -> {after['NRMSE']:.4f}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    model: str = typer.Argument(..., help="checkpoint path"),
+    dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
+    windows: Optional[int] = WINDOWS, timestamp_column: Optional[str] = TS_COL,
+    solver: str = typer.Option("ddpm"), steps: Optional[int] = typer.Option(None),
+    scale: Optional[float] = typer.Option(None, help="self-guidance scale (default by steps)"), energy: str = typer.Option("quantile"),
+    num_samples: int = typer.Option(100),
+    deepar_epochs: int = typer.Option(20, help="DeepAR training epochs (0: skip DeepAR)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """CRPS, ND, NRMSE of TSDiff and gluonts' baselines (SeasonalNaive, DeepAR) on the held-out tail."""
+    from .evaluate import deepar, evaluate as run, metrics_only, seasonal_naive
+    from .predictor import tsdiff_predictor
+
+    den, cfg = _model(model, None)
+    data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, windows, timestamp_column)
+    rows = {"tsdiff": metrics_only(run(tsdiff_predictor(den, _guidance(solver, steps, scale, energy), num_samples),
+                                       data, num_samples, desc="tsdiff"))}
+    rows["seasonal_naive"] = metrics_only(run(seasonal_naive(data), data, num_samples, desc="seasonal naive"))
+    if deepar_epochs > 0:
+        rows["deepar"] = metrics_only(run(deepar(data, cfg.context_length, deepar_epochs), data, num_samples, desc="deepar"))
+    if as_json:
+        typer.echo(json.dumps({"data": data.name, "prediction_length": data.prediction_length,
+                               "test_windows": len(data.test), **rows}))
+        return
+    for name, r in rows.items():
+        typer.echo(f"{name:15s} CRPS {r['CRPS']:.4f}  ND {r['ND']:.4f}  NRMSE {r['NRMSE']:.4f}  "
+                   f"{r['seconds_per_forecast']:.3f} s/forecast")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("tsdiff-demo"), help="folder for the report, plot and model"),
+    steps: int = typer.Option(1500, help="training steps"),
+) -> None:
+    """Train a small TSDiff on an artificial seasonal dataset; write report.md and forecast.png (CPU, minutes)."""
+    from .demo import run_demo
+
+    report = run_demo(out, steps)
+    typer.echo(report.read_text())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""TSDiff as a fewstep Denoiser: build, train with the core loop, save and load.
+
+The model is an unconditional eps-prediction diffusion model over (1 + lags, context + prediction)
+windows on DDPM's linear beta schedule (Kollovieh et al. 2023, Sec. 3: T = 100, beta 1e-4..0.1).
+Its :class:`TSDiffConfig` rides in ``Denoiser.info["tsdiff"]``, so ``load_denoiser`` alone restores
+a forecaster, and any fewstep Denoiser carrying that info (a distilled student with ``steps`` set,
+a quantized copy) forecasts, refines and synthesises the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from fewstep.core.checkpoints import load_denoiser, save_denoiser
+from fewstep.core.denoiser import Denoiser
+from fewstep.core.losses import DenoisingLoss
+from fewstep.core.models import resolve_model
+from fewstep.core.schedules import VPDiscrete
+from fewstep.core.train import TrainConfig, TrainResult, train
+from gluonts.dataset.common import Dataset
+
+from .backbone import TSDiffNet, TSDiffNetConfig
+from .config import TSDiffConfig
+from .features import num_time_features, training_windows
+
+
+def build_tsdiff(cfg: TSDiffConfig, seed: int = 0) -> Denoiser:
+    """A fresh TSDiff Denoiser (S4 backbone, eps-prediction, DDPM linear betas)."""
+    torch.manual_seed(seed)
+    net = TSDiffNet(TSDiffNetConfig(
+        channels=cfg.channels, length=cfg.length, hidden=cfg.hidden, layers=cfg.layers, state=cfg.state,
+        cond_channels=num_time_features(cfg),
+    ))
+    schedule = VPDiscrete("linear", cfg.beta_start, cfg.beta_end, cfg.diffusion_steps)
+    return Denoiser(net, schedule, "eps", sample_shape=(cfg.channels, cfg.length), info={"tsdiff": cfg.to_dict()})
+
+
+def tsdiff_config(den: Denoiser) -> TSDiffConfig:
+    """The window settings a Denoiser was trained for (from its info / checkpoint card)."""
+    info = getattr(den, "info", {}) or {}
+    if "tsdiff" not in info:
+        raise ValueError(
+            "this Denoiser carries no TSDiff window settings (info['tsdiff']); build it with "
+            "fewstep.timeseries.build_tsdiff, or copy the teacher's info onto a distilled student"
+        )
+    return TSDiffConfig.from_dict(info["tsdiff"])
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training budget for :func:`train_tsdiff` (passed on to the core ``TrainConfig``)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    windows: int = 4096  # gluonts training windows drawn once, then sampled by the core loop
+    ema_decay: float = 0.995
+    warmup_steps: int = 100
+    seed: int = 0
+    progress: bool = True
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
+            warmup_steps=self.warmup_steps, seed=self.seed, progress=self.progress, ckpt_every=max(self.steps, 1),
+        )
+
+
+def train_tsdiff(
+    cfg: TSDiffConfig, train_data: Dataset, settings: TrainSettings, out_dir: str | os.PathLike,
+    den: Denoiser | None = None,
+) -> tuple[Denoiser, TrainResult]:
+    """Train TSDiff with ``fewstep.core.train.train`` (denoising loss, EMA, atomic checkpoints, resume).
+
+    Returns the Denoiser holding the EMA weights (in eval mode) and the training result.
+    """
+    den = den if den is not None else build_tsdiff(cfg, settings.seed)
+    x, cond = training_windows(cfg, train_data, settings.windows, settings.seed)
+    loss = DenoisingLoss()
+
+    def loss_fn(model, batch, gen):
+        return loss(model, den, batch[0], batch[1], gen)
+
+    result = train(den, loss_fn, [x, cond], settings.train_config(), out_dir,
+                   card={"tsdiff": cfg.to_dict(), "train": asdict(settings)})
+    den.load_state_dict(result.ema)
+    return den.eval(), result
+
+
+def save_tsdiff(den: Denoiser, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write ``path.safetensors`` + ``path.json`` (core checkpoint format; the card holds the window)."""
+    tsdiff_config(den)  # refuse to save a model that could not forecast after loading
+    save_denoiser(den, path, card=extra)
+
+
+def load_tsdiff(name_or_path: str | os.PathLike, device: str = "cpu") -> Denoiser:
+    """Load a TSDiff checkpoint (path or shipped name); checks it carries the window settings."""
+    den = load_denoiser(resolve_model(name_or_path), device=device)
+    tsdiff_config(den)
+    return den
