@@ -68,8 +68,8 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
     add("SeasonalNaive + TSDiff refine (Langevin, 20 it.)",
         RefinedPredictor(sn, den, RefineConfig(method="langevin", iterations=20), num_samples), 20)
     if deepar_epochs > 0:
-        add(f"DeepAR (gluonts.torch, {deepar_epochs} epochs)", deepar(data, cfg.context_length, deepar_epochs, seed), 0,
-            "deepar")
+        trained = deepar(data, cfg.context_length, epochs=deepar_epochs, seed=seed)
+        add(f"DeepAR (gluonts.torch, {deepar_epochs} epochs)", trained, 0, "deepar")
     return {
         "name": name, "freq": data.freq, "prediction_length": data.prediction_length, "test_windows": len(data.test),
         "context_length": cfg.context_length, "lags": list(cfg.lags), "scaling": cfg.scaling,

@@ -155,7 +155,8 @@ def evaluate(
                                        data, num_samples, desc="tsdiff"))}
     rows["seasonal_naive"] = metrics_only(run(seasonal_naive(data), data, num_samples, desc="seasonal naive"))
     if deepar_epochs > 0:
-        rows["deepar"] = metrics_only(run(deepar(data, cfg.context_length, deepar_epochs), data, num_samples, desc="deepar"))
+        trained = deepar(data, cfg.context_length, epochs=deepar_epochs)
+        rows["deepar"] = metrics_only(run(trained, data, num_samples, desc="deepar"))
     if as_json:
         typer.echo(json.dumps({"data": data.name, "prediction_length": data.prediction_length,
                                "test_windows": len(data.test), **rows}))

@@ -52,8 +52,11 @@ def seasonal_naive(data: SeriesData, season_length: int | None = None) -> Predic
     return SeasonalNaivePredictor(data.prediction_length, season_length=season_length or get_seasonality(data.freq))
 
 
-def deepar(data: SeriesData, context_length: int, epochs: int = 20, batches_per_epoch: int = 50, seed: int = 0) -> Predictor:
-    """gluonts.torch DeepAR trained on ``data.train`` on the CPU (quietly, no logs or checkpoints)."""
+def deepar(
+    data: SeriesData, context_length: int, *, epochs: int = 20, batches_per_epoch: int = 50, seed: int = 0
+) -> Predictor:
+    """gluonts.torch DeepAR trained on ``data.train`` on the CPU (quietly; gluonts' own best-epoch
+    checkpoint goes to a temporary folder)."""
     import logging
 
     import lightning.pytorch as pl
