@@ -11,7 +11,7 @@ from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, DistillModule, distill, make_student
 from fewstep.core.distill.boot import BOOT
-from fewstep.core.distill.progressive import alpha_sigma
+from fewstep.core.distill.steps import alpha_sigma
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig

@@ -24,13 +24,9 @@ from fewstep.core.distill.consistency import (
     ConsistencyDistillation,
     HyperSD,
     MultistepConsistency,
-    alpha_sigma,
     boundary_grid,
     current_segments,
-    ddim_jump,
-    ddim_x0,
     gamma_x0,
-    sde_step,
     segment_bounds,
     segment_end,
     segment_schedule,
@@ -38,6 +34,7 @@ from fewstep.core.distill.consistency import (
     sub_path_point,
 )
 from fewstep.core.distill.gan import Discriminator, gan_losses, r1_penalty
+from fewstep.core.distill.steps import alpha_sigma, ddim_jump, ddim_x0, sde_step
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import ddim_step, sample
 from fewstep.core.train import TrainConfig

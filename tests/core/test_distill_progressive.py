@@ -13,12 +13,10 @@ from fewstep.core.distill import DistillConfig, DistillModule, distill, make_obj
 from fewstep.core.distill.progressive import (
     GuidedProgressiveDistillation,
     ProgressiveDistillation,
-    alpha_sigma,
-    ddim,
     guided_x0,
     round_plan,
-    two_step_target,
 )
+from fewstep.core.distill.steps import alpha_sigma, ddim_jump, ddim_x0
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import Bound, ddim_step, sample
 from fewstep.core.train import TrainConfig
@@ -65,13 +63,13 @@ def test_one_student_ddim_step_lands_on_two_teacher_steps(last):
     t, t1 = torch.full((64,), 0.6, dtype=torch.float64), torch.full((64,), 0.45, dtype=torch.float64)
     t2 = torch.full((64,), 0.0 if last else 0.3, dtype=torch.float64)
     with torch.no_grad():
-        z1 = ddim(z, teacher(z, t), t, t1, sched)
+        z1 = ddim_jump(sched, z, teacher(z, t), t, t1)
         # our per-sample DDIM is the solver's DDIM
         ref = ddim_step(Bound(teacher, None, 1.0), z, t[0], t1[0])
         torch.testing.assert_close(z1, ref, atol=1e-5, rtol=1e-5)
-        z2 = ddim(z1, teacher(z1, t1), t1, t2, sched)
-        x_tilde = two_step_target(z, z2, t, t2, sched)
-        one = ddim(z, x_tilde, t, t2, sched)
+        z2 = ddim_jump(sched, z1, teacher(z1, t1), t1, t2)
+        x_tilde = ddim_x0(sched, z, t, z2, t2)
+        one = ddim_jump(sched, z, x_tilde, t, t2)
     torch.testing.assert_close(one, z2, atol=1e-4, rtol=1e-4)
     a, s = alpha_sigma(sched, t2)
     assert (float(a[0]), float(s[0])) == ((1.0, 0.0) if last else (float(sched.alpha(t2[0])), float(sched.sigma(t2[0]))))

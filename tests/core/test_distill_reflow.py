@@ -8,7 +8,8 @@ from torch import nn
 from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import Batch, DistillConfig, DistillModule, TrajectoryConfig, distill, make_student
-from fewstep.core.distill.reflow import Reflow, SlimFlow, param_count, rf_time, schedule_time, teacher_velocity
+from fewstep.core.distill.reflow import Reflow, SlimFlow, rf_time, schedule_time, teacher_velocity
+from fewstep.core.prune.cost import param_count
 from fewstep.core.schedules import RectifiedFlow, VPDiscrete
 from fewstep.core.solvers import Bound, ddim_step, sample
 from fewstep.core.train import TrainConfig

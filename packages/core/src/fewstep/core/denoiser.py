@@ -164,18 +164,22 @@ class Denoiser(nn.Module):
         return t
 
     # -- network call ----------------------------------------------------------------------------
-    def _net(self, x: Tensor, t: Tensor, cond: Tensor | None, guidance: float | Tensor | None = None) -> Tensor:
+    def net_output(self, x: Tensor, t: Tensor, cond: Tensor | None, guidance: float | Tensor | None = None) -> Tensor:
+        """One network evaluation at (x, t) as the net sees it (input scale, net time), unchecked:
+        samplers of students whose nets output more than a prediction (ArcFlow) read it here."""
         self.net_evals += 1
         scale = self.schedule.input_scale(t)
         x_in = x if scale is None else x * _bcast(scale, x)
         net_t = self.schedule.net_time(t).to(x.dtype)
-        out = self.net(x_in, net_t, cond) if guidance is None else self.net(x_in, net_t, cond, guidance=guidance)
-        if out.shape != x.shape and (self.sampler or {}).get("solver") == "arcflow":
-            from .solvers.arcflow import mixture_mean  # K velocities + weights + rates -> their mixture at t
+        return self.net(x_in, net_t, cond) if guidance is None else self.net(x_in, net_t, cond, guidance=guidance)
 
-            out = mixture_mean(out, x.shape[1])
+    def _net(self, x: Tensor, t: Tensor, cond: Tensor | None, guidance: float | Tensor | None = None) -> Tensor:
+        out = self.net_output(x, t, cond, guidance)
         if out.shape != x.shape:
-            raise ValueError(f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+            raise ValueError(
+                f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}"
+                + (f"; this student samples only with its own rule ({self.sampler['solver']!r})" if self.sampler else "")
+            )
         return out
 
     def null_cond(self, cond: Tensor) -> Tensor:

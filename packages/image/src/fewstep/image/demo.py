@@ -87,7 +87,8 @@ def shipped_students() -> list[str]:
 
     from .registry import resolve, shipped_names
 
-    return [m for m in shipped_names() if read_card(resolve(m)).get("kind") == "denoiser" and read_card(resolve(m)).get("steps")]
+    cards = {m: read_card(resolve(m)) for m in shipped_names()}
+    return [m for m, card in cards.items() if card.get("kind") == "denoiser" and card.get("steps")]
 
 
 def compare_students(n: int, seed: int, log) -> list[str]:

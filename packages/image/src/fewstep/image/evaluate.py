@@ -18,7 +18,7 @@ from .quality import evaluate_samples
 class EvalConfig:
     solver: str = "auto"  # a student's own rule, else dpmpp_2m (fewstep.core.solvers.resolve_rule)
     steps: int | None = None  # None: the student's own step count, else 20
-    grid: str | None = None  # None: the student's trained grid, else logsnr
+    grid: str | torch.Tensor | None = None  # None: the student's trained grid, else logsnr; or explicit times
     n: int = 500
     seed: int = 0
     guidance: float = 1.0

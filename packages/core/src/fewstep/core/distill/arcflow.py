@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..denoiser import Denoiser
 from ..solvers.arcflow import policy_at, rf_scale, rf_time, schedule_time, wide_channels
 from .base import Batch, DistillModule, Objective, StudentSpec, mse, randn
-from .reflow import is_fewstep_net, teacher_velocity
+from .reflow import teacher_velocity
 
 
 def wide_student_net(
@@ -54,16 +54,11 @@ def wide_student_net(
     biases spread evenly over ``rate_range`` with zero weights (the released code's init:
     log-spaced 0.2..4 passed through log and then used as the rate, i.e. g in [log 0.2, log 4]).
     """
-    from ..nets import build_net, net_spec
+    from ..nets import build_net, unet_config
 
-    if not is_fewstep_net(teacher_net):
+    cfg = unet_config(teacher_net, "ArcFlow's widened output")
+    if cfg is None:
         return None
-    try:
-        kind, cfg = net_spec(teacher_net)
-    except ValueError:
-        return None
-    if kind != "unet":
-        raise ValueError(f"ArcFlow widens a UNet teacher's output conv; this one is a {kind!r} (pass student_net)")
     c = cfg["out_channels"] or cfg["in_channels"]
     k = components
     net = build_net("unet", {**cfg, "out_channels": wide_channels(k, c), "label_dropout": 0.0})

@@ -102,14 +102,13 @@ def uniform_times(schedule: Schedule, steps: int) -> list[float]:
 def copy_net(teacher_net: nn.Module, guidance_embed: bool = False) -> nn.Module:
     """A trainable copy of a fewstep net with the teacher's weights; CFG label dropout off, and a
     (zero-initialised) guidance input when asked. Foreign nets are deep-copied as they are."""
-    from ..nets import build_net, net_spec
+    from ..nets import build_net, is_fewstep_net, net_spec
 
-    try:
-        kind, cfg = net_spec(teacher_net)
-    except ValueError:
+    if not is_fewstep_net(teacher_net):
         if guidance_embed:
-            raise ValueError("guidance_embed needs a fewstep net (UNet); this teacher's net is foreign") from None
+            raise ValueError("guidance_embed needs a fewstep net (UNet); this teacher's net is foreign")
         return copy.deepcopy(teacher_net).requires_grad_(True)  # the teacher may already be frozen
+    kind, cfg = net_spec(teacher_net)
     cfg = {**cfg, "label_dropout": 0.0, **({"guidance_embed": True} if guidance_embed else {})}
     net = build_net(kind, cfg)
     missing, unexpected = net.load_state_dict(teacher_net.state_dict(), strict=False)

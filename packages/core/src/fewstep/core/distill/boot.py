@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser, _bcast
 from .base import DistillModule, Objective, StudentSpec, mse, randn, uniform_times
-from .progressive import alpha_sigma
+from .steps import alpha_sigma
 
 
 @dataclass(frozen=True)

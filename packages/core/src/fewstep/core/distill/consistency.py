@@ -39,6 +39,7 @@ from ..solvers import sampling_grid
 from .base import Batch, DistillModule, Objective, StudentSpec, mse, noise_to, pseudo_huber, randn
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score, sample_times
 from .gan import Discriminator, gan_losses
+from .steps import alpha_sigma, ddim_jump, ddim_x0, sde_step
 from .trajectories import TrajectoryConfig
 
 LCM_BOUNDARY = {"sigma_data": 0.5, "timestep_scaling": 10.0}  # LCM's c_skip / c_out (Luo et al. 2023, Eq. 4)
@@ -82,41 +83,6 @@ def pick(ts: Tensor, idx: Tensor, like: Tensor) -> Tensor:
 def rows(mask: Tensor, x: Tensor) -> Tensor:
     """A per-sample bool mask (B,) shaped to broadcast against x (B, ...)."""
     return mask.view(-1, *([1] * (x.ndim - 1))).to(x.device)
-
-
-# -- per-sample first-order steps -------------------------------------------------------------------
-def alpha_sigma(schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
-    """(alpha_t, sigma_t) per sample (B,), exactly (1, 0) where t == 0."""
-    zero = t == 0
-    return torch.where(zero, 1.0, schedule.alpha(t)), torch.where(zero, 0.0, schedule.sigma(t))
-
-
-def ddim_jump(schedule: Schedule, x: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> Tensor:
-    """DDIM (Song et al. 2021, Eq. 12, eta = 0) from (x, t) to s with a given x0, per sample; s = 0 gives x0."""
-    a_t, s_t = alpha_sigma(schedule, t)
-    a_s, s_s = alpha_sigma(schedule, s)
-    eps = (x - _bcast(a_t, x) * x0) / _bcast(s_t, x)
-    return _bcast(a_s, x) * x0 + _bcast(s_s, x) * eps
-
-
-def ddim_x0(schedule: Schedule, x: Tensor, t: Tensor, x_s: Tensor, s: Tensor) -> Tensor:
-    """The x0 whose DDIM jump from (x, t) lands on x_s at s < t (the inverse of :func:`ddim_jump` in x0;
-    Heek et al. 2024, multistep CD, where the target is compared as an x0 prediction)."""
-    a_t, s_t = alpha_sigma(schedule, t)
-    a_s, s_s = alpha_sigma(schedule, s)
-    r = s_s / s_t
-    return (x_s - _bcast(r, x) * x) / _bcast(a_s - r * a_t, x)
-
-
-def sde_step(schedule: Schedule, x: Tensor, x0: Tensor, t: Tensor, s: Tensor, eta: float, z: Tensor) -> Tensor:
-    """SDE-DPM-Solver++(1) (Lu et al. 2022b, Sec. 5) with noise strength eta, per sample: DDIM with
-    eta, x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, c = eta sigma_s sqrt(1 - e^{-2h})."""
-    a_t, s_t = alpha_sigma(schedule, t)
-    a_s, s_s = alpha_sigma(schedule, s)
-    e_h = torch.where(s_s > 0, a_t * s_s / (s_t * a_s), 0.0)  # e^{-h}, h = lambda_s - lambda_t
-    c = eta * s_s * torch.sqrt((1.0 - e_h**2).clamp(min=0.0))
-    eps = (x - _bcast(a_t, x) * x0) / _bcast(s_t, x)
-    return _bcast(a_s, x) * x0 + _bcast(torch.sqrt(s_s**2 - c**2), x) * eps + _bcast(c, x) * z
 
 
 @torch.no_grad()
@@ -529,14 +495,10 @@ __all__ = [
     "HyperSD",
     "MultistepConsistency",
     "SCott",
-    "alpha_sigma",
     "boundary_grid",
     "current_segments",
-    "ddim_jump",
-    "ddim_x0",
     "distance",
     "gamma_x0",
-    "sde_step",
     "segment_bounds",
     "segment_consistency",
     "segment_end",

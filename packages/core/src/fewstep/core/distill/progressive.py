@@ -24,42 +24,16 @@ from torch import Tensor
 
 from ..denoiser import Denoiser, _bcast, to_x0_eps
 from .base import DistillModule, Objective, StudentSpec, mse, noise_to, randn, uniform_times
+from .steps import alpha_sigma, ddim_jump, ddim_x0
 
 PREDICTIONS = ("auto", None, "eps", "x0", "v", "flow")
 
 
 # -- shared maths ------------------------------------------------------------------------------------
-def alpha_sigma(schedule, t: Tensor) -> tuple[Tensor, Tensor]:
-    """(alpha_t, sigma_t) in float64 for per-sample times t (B,), exactly (1, 0) where t == 0."""
-    zero = t == 0
-    tt = torch.where(zero, torch.full_like(t, schedule.t_min), t)
-    a = torch.where(zero, torch.ones_like(t), schedule.alpha(tt).to(t))
-    s = torch.where(zero, torch.zeros_like(t), schedule.sigma(tt).to(t))
-    return a, s
-
-
 def truncated_snr(alpha: Tensor, sigma: Tensor) -> Tensor:
     """Truncated-SNR weight max(alpha^2 / sigma^2, 1) (Salimans & Ho 2022, Sec. 4): the x0 error
     weighted like max(||x - x_hat||^2, ||eps - eps_hat||^2)."""
     return (alpha**2 / sigma.clamp(min=1e-12) ** 2).clamp(min=1.0)
-
-
-def ddim(x: Tensor, x0: Tensor, t: Tensor, s: Tensor, schedule) -> Tensor:
-    """Deterministic DDIM step t -> s given the x0 prediction at (x, t), per-sample times (Song et al.
-    2021, Eq. 12): z_s = alpha_s x0 + (sigma_s / sigma_t)(z_t - alpha_t x0)."""
-    a_t, s_t = alpha_sigma(schedule, t)
-    a_s, s_s = alpha_sigma(schedule, s)
-    return _bcast(a_s, x) * x0 + _bcast(s_s / s_t, x) * (x - _bcast(a_t, x) * x0)
-
-
-def two_step_target(z_t: Tensor, z_s: Tensor, t: Tensor, s: Tensor, schedule) -> Tensor:
-    """The x0 a student must predict at (z_t, t) so that ONE DDIM step t -> s lands on the teacher's
-    z_s (Salimans & Ho 2022, Alg. 2, line "x_tilde"):
-    x_tilde = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t); at s = 0 it is z_s."""
-    a_t, s_t = alpha_sigma(schedule, t)
-    a_s, s_s = alpha_sigma(schedule, s)
-    r = s_s / s_t
-    return (z_s - _bcast(r, z_t) * z_t) / _bcast(a_s - r * a_t, z_t)
 
 
 @torch.no_grad()
@@ -94,7 +68,7 @@ class ProgressiveDistillation(Objective):
     Round r: the student takes N_r DDIM steps on the uniform grid ``uniform_times(N_r)`` (t_max ..
     then 0), its teacher 2 N_r on the grid that interleaves the midpoints. For data x, t = t_i of the
     student grid, t' the teacher's midpoint, t'' = t_{i+1}: z_t = alpha_t x + sigma_t eps, two teacher
-    DDIM steps z_t -> z_t' -> z_t'', the x0 target x_tilde (:func:`two_step_target`), and the loss
+    DDIM steps z_t -> z_t' -> z_t'', the x0 target x_tilde (:func:`fewstep.core.distill.steps.ddim_x0`), and the loss
     max(SNR_t, 1) ||x_tilde - x_hat_student(z_t)||^2 (Sec. 4, truncated-SNR weighting).
 
     Defaults, scaled for a 600-iteration budget: the paper distils a 1024/8192-step teacher for
@@ -176,9 +150,9 @@ class ProgressiveDistillation(Objective):
 
         with torch.no_grad():
             # 2 steps of DDIM with the teacher.
-            z_t1 = ddim(z_t, teach(z_t, t), t, t1, sched)
-            z_t2 = ddim(z_t1, teach(z_t1, t1), t1, t2, sched)
-            x_tilde = two_step_target(z_t, z_t2, t, t2, sched)
+            z_t1 = ddim_jump(sched, z_t, teach(z_t, t), t, t1)
+            z_t2 = ddim_jump(sched, z_t1, teach(z_t1, t1), t1, t2)
+            x_tilde = ddim_x0(sched, z_t, t, z_t2, t2)  # Alg. 2's x_tilde
         x_hat = module.student(z_t, t, cond, w)
         a, s = alpha_sigma(sched, t)
         return truncated_snr(a, s).float() * mse(x_hat, x_tilde)
@@ -262,10 +236,7 @@ class GuidedProgressiveDistillation(ProgressiveDistillation):
 __all__ = [
     "GuidedProgressiveDistillation",
     "ProgressiveDistillation",
-    "alpha_sigma",
-    "ddim",
     "guided_x0",
     "round_plan",
     "truncated_snr",
-    "two_step_target",
 ]

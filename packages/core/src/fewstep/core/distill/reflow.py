@@ -57,28 +57,19 @@ def straight(x0: Tensor, z: Tensor, s: Tensor) -> Tensor:
     return (1 - s) * x0 + s * z
 
 
-def is_fewstep_net(net: nn.Module) -> bool:
-    """Whether ``net`` may be a fewstep net (built-in or registered by a fewstep package). Checked
-    before ``net_spec``, which loads every registered net package (slow) to recognise a foreign net."""
-    return type(net).__module__.startswith("fewstep.")
-
-
 def fresh_copy(net: nn.Module) -> nn.Module:
     """The teacher's architecture with fresh weights (fewstep nets rebuilt from their config, CFG
     label dropout off; foreign nets deep-copied and re-initialised where their layers allow)."""
-    from ..nets import build_net, net_spec
+    from ..nets import build_net, is_fewstep_net, net_spec
 
-    try:
-        if not is_fewstep_net(net):
-            raise ValueError("foreign net")
+    if is_fewstep_net(net):
         kind, cfg = net_spec(net)
-    except ValueError:
-        out = copy.deepcopy(net)
-        for m in out.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        return out.requires_grad_(True)
-    return build_net(kind, {**cfg, "label_dropout": 0.0})
+        return build_net(kind, {**cfg, "label_dropout": 0.0})
+    out = copy.deepcopy(net)
+    for m in out.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return out.requires_grad_(True)
 
 
 def rf_sampler(steps: int) -> dict[str, Any]:
@@ -123,7 +114,7 @@ class Reflow(Objective):
         if self.init == "scratch":
             net = fresh_copy(teacher.net)
         else:
-            net = copy_net(teacher.net) if is_fewstep_net(teacher.net) else copy.deepcopy(teacher.net)
+            net = copy_net(teacher.net)
         return StudentSpec(net=net, schedule=RectifiedFlow(), prediction="flow")
 
     def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
@@ -148,24 +139,15 @@ class Reflow(Objective):
 # -- SlimFlow -----------------------------------------------------------------------------------
 def smaller_net(teacher_net: nn.Module, width: float, num_res_blocks: int | None) -> nn.Module | None:
     """A fresh UNet from the teacher's config with ``width`` x the channels (None for foreign nets)."""
-    from ..nets import build_net, net_spec
+    from ..nets import build_net, unet_config
 
-    if not is_fewstep_net(teacher_net):
+    cfg = unet_config(teacher_net, "SlimFlow's smaller student")
+    if cfg is None:
         return None
-    try:
-        kind, cfg = net_spec(teacher_net)
-    except ValueError:
-        return None
-    if kind != "unet":
-        raise ValueError(f"SlimFlow shrinks UNet teachers; this teacher's net is a {kind!r} (pass student_net)")
     cfg = {**cfg, "channels": max(1, round(cfg["channels"] * width)), "label_dropout": 0.0}
     if num_res_blocks is not None:
         cfg["num_res_blocks"] = num_res_blocks
     return build_net("unet", cfg)
-
-
-def param_count(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 @dataclass(frozen=True)
@@ -272,9 +254,7 @@ __all__ = [
     "Reflow",
     "SlimFlow",
     "fresh_copy",
-    "is_fewstep_net",
     "noise_of",
-    "param_count",
     "rf_scale",
     "rf_time",
     "rf_times",

@@ -75,14 +75,14 @@ def _peak(module: DistillModule, data: list, device, generator_seed: int, no_dat
     idx = torch.arange(min(8, data[0].shape[0]))
     batch = [None if d is None else d[idx].to(device) for d in data]
     gen = torch.Generator().manual_seed(generator_seed)
-    step = module.step.clone()
+    state = {k: v.clone() for k, v in module.state_dict().items()}  # the probe must not move EMA targets or rounds
     n = batch[0].shape[0]
     if no_data:
         batch[0] = None
     with SavedTensorBytes(ignore=list(module.parameters())) as m:
         loss = module(*batch, gen, n=n).mean()
     del loss
-    module.step.copy_(step)
+    module.load_state_dict(state)
     return m.bytes, "autograd saved bytes (CPU, batch 8)"
 
 

@@ -23,7 +23,24 @@ NETS: dict[str, tuple[type, type[nn.Module]]] = {
     "dit": (DiTConfig, DiT),
 }
 
-__all__ = ["NETS", "DiT", "DiTConfig", "UNet", "UNetConfig", "build_net", "net_spec", "registered_nets"]
+__all__ = ["NETS", "DiT", "DiTConfig", "UNet", "UNetConfig", "build_net", "is_fewstep_net", "net_spec", "registered_nets", "unet_config"]
+
+
+def is_fewstep_net(net: nn.Module) -> bool:
+    """Whether ``net`` comes from a fewstep package (built in or registered): a cheap check that
+    spares callers the plugin imports ``net_spec`` needs to reject a foreign net."""
+    return type(net).__module__.startswith("fewstep.")
+
+
+def unet_config(net: nn.Module, purpose: str) -> dict | None:
+    """The config dict of a fewstep UNet (None for a foreign net); a clear error for other fewstep
+    nets, naming ``purpose`` (what needed a UNet)."""
+    if not is_fewstep_net(net):
+        return None
+    kind, cfg = net_spec(net)
+    if kind != "unet":
+        raise ValueError(f"{purpose} needs a UNet teacher; this one is a {kind!r} (pass student_net)")
+    return cfg
 
 
 def registered_nets() -> dict[str, tuple[type, type[nn.Module]]]:

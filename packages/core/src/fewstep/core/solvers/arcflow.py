@@ -142,22 +142,10 @@ def split_output(out: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
     return means, logits, rates
 
 
-def mixture_mean(out: Tensor, channels: int) -> Tensor:
-    """sum_k w_k means_k: the policy's velocity at its source time, in the net's own parametrisation
-    (the conversions are affine in the prediction and the weights sum to 1). For a Denoiser that
-    must return one prediction from an ArcFlow net."""
-    means, logits, _ = split_output(out, channels)
-    return (logits.softmax(1) * means).sum(1)
-
-
 def wide_output(den: Denoiser, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-    """The net's raw wide output at (x, t): Denoiser._net without its x-shaped output check."""
+    """The net's raw wide output at (x, t) (one NFE)."""
     den.nfe += 1
-    den.net_evals += 1
-    t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
-    scale = den.schedule.input_scale(t)
-    x_in = x if scale is None else x * _bcast(scale, x)
-    return den.net(x_in, den.schedule.net_time(t).to(x.dtype), cond)
+    return den.net_output(x, torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0]), cond)
 
 
 def policy_at(den: Denoiser, x_rf: Tensor, t: Tensor, cond: Tensor | None) -> MomentumPolicy:
@@ -206,7 +194,6 @@ def sample_arcflow(model, x: Tensor, ts: Tensor, components: int | None = None, 
 __all__ = [
     "MomentumPolicy",
     "components_of",
-    "mixture_mean",
     "policy_at",
     "rf_scale",
     "rf_time",
