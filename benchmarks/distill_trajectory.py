@@ -3,6 +3,7 @@
     uv run python benchmarks/distill_trajectory.py --teacher digits --methods cd,pd,scm   # train + measure
     uv run python benchmarks/distill_trajectory.py --teacher digits --baseline            # the teacher rows
     uv run python benchmarks/distill_trajectory.py --render                               # only the markdown
+    python benchmarks/distill_trajectory.py --teacher shapes --methods all --jobs 8 --db D.json  # GPU: 8 at once
 
 Each method trains once (its natural step count: 4 for progressive distillation, 1 otherwise), with
 the same iterations, batch and learning rate, initialised from the teacher (SlimFlow: a smaller
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +37,54 @@ EVAL_STEPS = (1, 2, 4)
 TEACHER_SOLVERS = ("dpmpp_2m", "unipc", "ddim", "heun")
 
 
-def _load() -> dict:
-    return json.loads(JSON.read_text()) if JSON.is_file() else {"rows": {}, "teacher": {}}
+def _load(path: Path = JSON) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"rows": {}, "teacher": {}}
 
 
-def _save(db: dict) -> None:
-    JSON.write_text(json.dumps(db, indent=1))
+def _save(db: dict, path: Path = JSON) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(db, indent=1))
+    tmp.replace(path)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_parallel(args: argparse.Namespace, methods: list[str]) -> None:
+    """Each method in its own process (``jobs`` at a time, one CPU thread each), rows merged into the db.
+
+    Small students leave a GPU mostly idle, so several processes share it well; on a CPU give each
+    job one core. A job that fails leaves its log beside the db and the others go on.
+    """
+    db_path = Path(args.db)
+    logs = db_path.parent / (db_path.stem + ".logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        pending, running, failed = list(methods), {}, []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                m = pending.pop(0)
+                cmd = [sys.executable, __file__, "--teacher", args.teacher, "--methods", m, "--db", f"{tmp}/{m}.json", "--no-render",
+                       "--run-name", args.run_name or db_path.stem,
+                       "--n", str(args.n), "--iters", str(args.iters), "--batch", str(args.batch), *sum((["--option", o] for o in args.option), [])]
+                running[m] = subprocess.Popen(cmd, stdout=open(logs / f"{args.teacher}-{m}.log", "w"), stderr=subprocess.STDOUT, env=env)
+            time.sleep(1)
+            for m, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[m]
+                if proc.returncode:
+                    failed.append(m)
+                    print(f"{m}: failed (rc {proc.returncode}), see {logs / f'{args.teacher}-{m}.log'}", flush=True)
+                    continue
+                db = _load(db_path)
+                db["rows"].update(_load(Path(f"{tmp}/{m}.json"))["rows"])
+                _save(db, db_path)
+                print(f"{m}: done", flush=True)
+    if failed:
+        print(f"failed: {','.join(failed)}", flush=True)
 
 
 def baseline(teacher: str, n: int) -> dict:
@@ -46,7 +92,7 @@ def baseline(teacher: str, n: int) -> dict:
     from fewstep.image.evaluate import EvalConfig, evaluate_denoiser
     from fewstep.image.registry import load_model
 
-    den = load_model(f"{teacher}-teacher")
+    den = load_model(f"{teacher}-teacher", device=_device())
     out = {}
     for nfe in (*EVAL_STEPS, 50):
         best = None
@@ -62,21 +108,21 @@ def baseline(teacher: str, n: int) -> dict:
     return out
 
 
-def run_method(teacher: str, method: str, n: int, iters: int, batch: int, options: dict) -> dict:
+def run_method(teacher: str, method: str, n: int, iters: int, batch: int, options: dict, runs: Path = RUNS) -> dict:
     from fewstep.core.distill import DistillConfig, distill, make_objective
     from fewstep.image.data import load_dataset
     from fewstep.image.distill import BUDGET, TRAJECTORIES
     from fewstep.image.evaluate import EvalConfig, evaluate_denoiser
     from fewstep.image.registry import load_model
 
-    den = load_model(f"{teacher}-teacher")
+    den = load_model(f"{teacher}-teacher", device=_device())
     objective = make_objective(method, **options)
     k = TRAIN_STEPS.get(method, 1)
     cfg = DistillConfig(steps=k, train=replace(BUDGET, steps=iters, batch_size=batch, lr=LR.get(method, BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
     data = load_dataset(teacher, "train") if objective.data == "real" else None
-    out = RUNS / teacher / method
+    out = runs / teacher / method
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = distill(den, objective, cfg, out, data=data, work_dir=RUNS / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"})
+    res = distill(den, objective, cfg, out, data=data, work_dir=runs / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"})
     student = res.student
     rule = dict(student.sampler)
     evals = {}
@@ -106,6 +152,10 @@ def run_method(teacher: str, method: str, n: int, iters: int, batch: int, option
 
 
 def render(db: dict) -> str:
+    machines: dict[str, list[str]] = {}
+    for key, r in sorted(db["rows"].items()):
+        machines.setdefault(r.get("machine", "?"), []).append(key)
+    gpu = any(m.startswith("GPU") for m in machines)
     lines = [
         "# Trajectory distillation",
         "",
@@ -113,10 +163,17 @@ def render(db: dict) -> str:
         "Every method trains once under the same budget (iterations, batch 64, lr 5e-5, EMA 0.999 of the student "
         "weights), initialised from the teacher unless noted; the student is then sampled with its own rule at "
         "1, 2 and 4 steps (n samples, class-balanced, seed 0). dFD: Fréchet distance of the shipped classifier's "
-        "features to the real test split (lower is better). Peak memory: bytes autograd saves for one CPU "
-        "training step at batch 8 (CUDA runs report max allocated). Training seconds were measured with "
-        "three or four jobs sharing a 2-core CPU, so they compare methods only roughly. The learning rate is "
-        "5e-5 for every method except SlimFlow (2e-4: its smaller student starts from scratch).",
+        "features to the real test split (lower is better). The learning rate is 5e-5 for every method except "
+        "SlimFlow (2e-4: its smaller student starts from scratch). Guided-PD's student is sampled at its default "
+        "guidance w, so it is compared against the unguided teacher.",
+        "",
+        "Training seconds were measured with several jobs sharing the machine (`--jobs`; on the GPU 14 processes "
+        "at once), so they compare methods only roughly. "
+        + ("Peak memory: the CUDA allocator's maximum for the training process (teacher, student, EMA, critics, "
+           "optimiser state and one batch). " if gpu else "")
+        + "Peak memory on CPU: bytes autograd saves for one training step at batch 8.",
+        "",
+        "Machines: " + "; ".join(f"{m} ({len(k)} rows)" for m, k in machines.items()) + ".",
         "",
     ]
     for teacher, base in db.get("teacher", {}).items():
@@ -167,12 +224,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--option", action="append", default=[], help="method:key=value")
     p.add_argument("--render", action="store_true")
+    p.add_argument("--no-render", action="store_true", help="do not rewrite the markdown")
+    p.add_argument("--db", default=str(JSON), help="the JSON the rows accumulate in (and the markdown is rendered from)")
+    p.add_argument("--run-name", default="", help="runs/distill/NAME holds the checkpoints (default: the db's name)")
+    p.add_argument("--jobs", type=int, default=1, help="methods trained at once, each in its own process")
     a = p.parse_args()
-    db = _load()
+    db_path = Path(a.db)
+    md = db_path.with_suffix(".md")
+    from fewstep.core.distill import methods as all_methods
+
+    names = list(all_methods()) if a.methods == "all" else [m for m in a.methods.split(",") if m]
     if a.baseline:
+        db = _load(db_path)
         db["teacher"][a.teacher] = {"rows": baseline(a.teacher, a.n), "machine": machine()}
-        _save(db)
-    for method in [m for m in a.methods.split(",") if m]:
+        _save(db, db_path)
+    if a.jobs > 1 and len(names) > 1:
+        run_parallel(a, names)
+        names = []
+    for method in names:
         opts = {}
         for o in a.option:
             m, kv = o.split(":", 1)
@@ -180,11 +249,12 @@ def main() -> None:
                 from fewstep.image.distill import parse_options
 
                 opts.update(parse_options([kv]))
-        row = run_method(a.teacher, method, a.n, a.iters, a.batch, opts)
-        db = _load()  # other runs may have written meanwhile
+        row = run_method(a.teacher, method, a.n, a.iters, a.batch, opts, RUNS / (a.run_name or db_path.stem))
+        db = _load(db_path)  # other runs may have written meanwhile
         db["rows"][f"{a.teacher}/{method}"] = row
-        _save(db)
-    (DOCS / "distill_trajectory.md").write_text(render(_load()))
+        _save(db, db_path)
+    if not a.no_render:
+        md.write_text(render(_load(db_path)))
 
 
 if __name__ == "__main__":

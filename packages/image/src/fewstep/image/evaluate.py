@@ -41,7 +41,12 @@ def dataset_of(den: Denoiser) -> str:
 
 @torch.no_grad()
 def generate(den: Denoiser, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(samples in [-1, 1], requested labels, NFE per sample, seconds per sample), class-balanced."""
+    """(samples in [-1, 1], requested labels, NFE per sample, seconds per sample), class-balanced.
+
+    Noise and labels are drawn on the CPU (the same samples on every machine) and sampled on the
+    model's device; the samples come back on the CPU.
+    """
+    dev = next(iter(den.parameters()), torch.empty(0)).device
     labels = torch.arange(cfg.n) % max(1, den.num_classes)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(cfg.n, *den.sample_shape, generator=gen)
@@ -49,9 +54,10 @@ def generate(den: Denoiser, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor
     out, batches = [], 0
     t0 = time.perf_counter()
     for i in range(0, cfg.n, cfg.batch_size):
-        y = labels[i : i + cfg.batch_size] if den.num_classes else None
-        out.append(sample(den, noise[i : i + cfg.batch_size], cfg.solver, cfg.steps, cfg.grid, cond=y, guidance=cfg.guidance, generator=gen,
-                          denoise_to_zero=cfg.denoise_to_zero))
+        y = labels[i : i + cfg.batch_size].to(dev) if den.num_classes else None
+        x = sample(den, noise[i : i + cfg.batch_size].to(dev), cfg.solver, cfg.steps, cfg.grid, cond=y, guidance=cfg.guidance, generator=gen,
+                   denoise_to_zero=cfg.denoise_to_zero)
+        out.append(x.cpu())  # .cpu() also waits for the device, so the timing is honest
         batches += 1
     seconds = (time.perf_counter() - t0) / cfg.n
     return torch.cat(out).clamp(-1, 1), labels, den.nfe / batches, seconds

@@ -67,7 +67,7 @@ def wide_student_net(
     if unexpected or any(not n.startswith("conv_out.") for n in missing):
         raise ValueError(f"student/teacher weights differ: missing {missing}, unexpected {unexpected}")
     g = torch.Generator().manual_seed(seed)
-    w_t, b_t = teacher_net.conv_out.weight.detach(), teacher_net.conv_out.bias.detach()
+    w_t, b_t = teacher_net.conv_out.weight.detach().cpu(), teacher_net.conv_out.bias.detach().cpu()  # the new net is on the CPU
     with torch.no_grad():
         net.conv_out.weight.zero_()
         net.conv_out.bias.zero_()
@@ -138,28 +138,29 @@ class ArcFlow(Objective):
         sched = student.schedule
         b = batch.size
         like = next(student.parameters())
-        grid = torch.tensor(student.sampler["grid"], dtype=torch.float64)
+        dev = like.device  # times live beside the policy (its s_src is on the net's device)
+        grid = torch.tensor(student.sampler["grid"], dtype=torch.float64, device=dev)
         s_grid = rf_time(sched, grid)  # (N+1,) ending at 0
         n = len(grid) - 1
         # Which segment each sample trains, and its start: the student's own rollout from noise.
-        j = torch.randint(0, n, (b,), generator=generator)
+        j = torch.randint(0, n, (b,), generator=generator).to(dev)
         x = randn((b, *student.sample_shape), generator, like) * float(sched.sigma(grid[0]) / rf_scale(sched, grid[0]))
         x_src = x.clone()
         with torch.no_grad():
             for i in range(int(j.max())):
                 policy = policy_at(student, x, grid[i].expand(b), cond)
                 x = policy.integrate(x, s_grid[i].expand(b), s_grid[i + 1].expand(b))
-                x_src = torch.where((j == i + 1).view(-1, *[1] * (x.ndim - 1)).to(x.device), x, x_src)
+                x_src = torch.where((j == i + 1).view(-1, *[1] * (x.ndim - 1)), x, x_src)
         t_src, s_src, s_end = grid[j], s_grid[j], s_grid[j + 1]
         policy = policy_at(student, x_src, t_src, cond)
         rollout = policy.detach().drop_components(self.component_dropout, generator)
         # Intermediate times: M policy moves and M teacher moves, shares (1 - r) and r of the segment.
         m, r = self.intermediate, self.teacher_share(module)
         room = (s_src - s_end - self.window).clamp(min=0.0)  # (B,)
-        zero, one = torch.zeros(b, 1, dtype=torch.float64), torch.ones(b, 1, dtype=torch.float64)
-        marks = torch.rand(b, m, generator=generator, dtype=torch.float64).sort(1).values
+        zero, one = torch.zeros(b, 1, dtype=torch.float64, device=dev), torch.ones(b, 1, dtype=torch.float64, device=dev)
+        marks = torch.rand(b, m, generator=generator, dtype=torch.float64).to(dev).sort(1).values
         d_student = torch.diff(marks, dim=1, prepend=zero)
-        cuts = torch.rand(b, m - 1, generator=generator, dtype=torch.float64).sort(1).values
+        cuts = torch.rand(b, m - 1, generator=generator, dtype=torch.float64).to(dev).sort(1).values
         d_teacher = torch.diff(cuts, dim=1, prepend=zero, append=one)
         d_student, d_teacher = d_student * ((1 - r) * room)[:, None], d_teacher * (r * room)[:, None]
         x, s, total = x_src, s_src, 0.0
@@ -171,7 +172,7 @@ class ArcFlow(Objective):
                 u_t = teacher_velocity(module, x_a, s_a, cond)
             pred = policy.mean_velocity(s_a, s_b - self.window)
             total = total + mse(pred, u_t)
-            x = x_a - u_t * (s_a - s_b).to(x_a.dtype).view(-1, *[1] * (x_a.ndim - 1))  # teacher Euler move
+            x = x_a - u_t * (s_a - s_b).to(x_a.device, x_a.dtype).view(-1, *[1] * (x_a.ndim - 1))  # teacher Euler move
             s = s_b
         return total / m * ((s_src - s_end) * n).to(total.device, total.dtype)  # segment-length weight
 
