@@ -96,6 +96,23 @@ def _all_finite(x: Tensor) -> bool:
     return bool(flag.item() > 0)
 
 
+def _param_groups(module: nn.Module, params: list[Tensor]) -> list[dict]:
+    """One AdamW group per learning-rate scale. A module may define ``lr_scales() -> {submodule
+    name prefix: scale}`` (e.g. a distillation critic trained at 2x the student's rate, DMD2's two
+    time-scale rule); parameters under no prefix get scale 1."""
+    scales = module.lr_scales() if hasattr(module, "lr_scales") else {}
+    if not scales:
+        return [{"params": params}]
+    by_scale: dict[float, list[Tensor]] = {}
+    trainable = {id(p) for p in params}
+    for name, p in module.named_parameters():
+        if id(p) not in trainable:
+            continue
+        scale = next((float(v) for k, v in scales.items() if name == k or name.startswith(k + ".")), 1.0)
+        by_scale.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr_scale": sc} for sc, ps in sorted(by_scale.items())]
+
+
 # -- EMA and optimizer state as flat tensors ------------------------------------------------------
 def _ema_update(ema: dict[str, Tensor], module: nn.Module, decay: float) -> None:
     with torch.no_grad():
@@ -175,7 +192,7 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("module has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(module, params), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     ema = {k: v.detach().clone() for k, v in module.state_dict().items()}
     step, losses = 0, []
     if resume and checkpoint_paths(out_dir / CKPT_NAME)[1].is_file():
@@ -193,7 +210,7 @@ def train(
             batch = _batch(data, config.batch_size // world, gen, device)
             lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             with autocast():
                 loss = loss_fn(model, batch, gen).mean()
             if not _all_finite(loss.detach()):

@@ -83,6 +83,11 @@ class Objective:
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
+    def lr_scales(self) -> dict[str, float]:
+        """{DistillModule submodule name: learning-rate multiple}, e.g. ``{"critic": 2.0}`` for a
+        critic trained faster than the student (two time-scale updates); others train at 1x."""
+        return {}
+
     def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
         """The student's sampling rule: consistency sampling on a uniform grid by default."""
         return {"solver": "consistency", "grid": uniform_times(teacher.schedule, steps)}
@@ -198,6 +203,10 @@ class DistillModule(nn.Module):
         if loss.ndim != 1 or loss.shape[0] != batch.size:
             raise ValueError(f"{self.objective.name}: loss must be per-sample (B,), got {tuple(loss.shape)}")
         return loss
+
+    def lr_scales(self) -> dict[str, float]:
+        """{submodule name: learning-rate multiple} for the train loop's optimiser (the objective's)."""
+        return dict(self.objective.lr_scales())
 
     # -- helpers shared by objectives -------------------------------------------------------------
     @torch.no_grad()
