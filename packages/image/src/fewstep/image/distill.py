@@ -54,10 +54,13 @@ def run_distill(
     progress: bool = True,
     log: Callable[[str], None] = print,
     trajectories: int | None = None,
+    reward: Callable | str | None = None,
 ) -> dict[str, Any]:
     """Train, save and evaluate one student; returns (and writes to ``out.report.json``) the report.
 
     ``trajectories`` overrides how many teacher trajectories trajectory-based methods generate.
+    ``reward``: for methods that maximise one (``flash-dmd`` with reward_weight > 0), a callable
+    (x, cond) -> (B,) or ``"classifier"`` for the teacher dataset's ``classifier_reward``.
     """
     den = load_model(teacher)
     dataset = dataset_of(den)
@@ -69,8 +72,15 @@ def run_distill(
         traj = replace(traj, n=trajectories, batch_size=min(traj.batch_size, trajectories))
     cfg = DistillConfig(steps=steps, train=train_cfg, trajectories=traj)
     data = load_dataset(dataset, "train") if objective.data == "real" else None
+    if reward == "classifier":
+        from .rewards import classifier_reward
+
+        reward = classifier_reward(dataset)
+    elif isinstance(reward, str):
+        raise ValueError(f"reward={reward!r}: give a callable (x, cond) -> (B,) or 'classifier'")
     log(f"distilling {teacher} with {method} into a {steps}-step student ({train_cfg.steps} iterations, batch {train_cfg.batch_size})")
-    res = distill(den, objective, cfg, out, data=data, work_dir=work_dir, card={"teacher": str(teacher)}, progress=progress)
+    res = distill(den, objective, cfg, out, data=data, work_dir=work_dir, card={"teacher": str(teacher)}, progress=progress,
+                  reward=reward)
     student = res.student
     q = evaluate_denoiser(student, EvalConfig(n=eval_n, seed=seed))
     base = evaluate_denoiser(den, EvalConfig(solver="dpmpp_2m", steps=steps, n=eval_n, seed=seed, denoise_to_zero=True))

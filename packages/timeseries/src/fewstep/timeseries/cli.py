@@ -171,11 +171,12 @@ def evaluate(
 def demo(
     out: Path = typer.Option(Path("tsdiff-demo"), help="folder for the report, plot and model"),
     steps: int = typer.Option(1500, help="training steps"),
+    num_samples: int = typer.Option(30, help="sample paths per forecast"),
 ) -> None:
     """Train a small TSDiff on an artificial seasonal dataset; write report.md and forecast.png (CPU, minutes)."""
     from .demo import run_demo
 
-    report = run_demo(out, steps)
+    report = run_demo(out, steps, num_samples)
     typer.echo(report.read_text())
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from .benchmarking import plot_panels, run_dataset
 
 
-def run_demo(out: str | Path, steps: int = 1500) -> Path:
+def run_demo(out: str | Path, steps: int = 1500, num_samples: int = 30) -> Path:
     """Writes ``out/report.md``, ``out/forecast.png`` and ``out/model.{safetensors,json}``; returns the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    res = run_dataset("seasonal", train_steps=steps, num_samples=30, deepar_epochs=0, out_dir=out,
+    res = run_dataset("seasonal", train_steps=steps, num_samples=num_samples, deepar_epochs=0, out_dir=out,
                       fast=(("ddim", 20, 2.0), ("dpmpp_2m", 10, 1.0)), hidden=48)
     plot_panels(res, out / "forecast.png")
     lines = [

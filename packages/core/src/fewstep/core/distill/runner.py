@@ -96,10 +96,13 @@ def distill(
     card: dict | None = None,
     progress: bool = True,
     student_net: torch.nn.Module | None = None,
+    reward=None,
 ) -> DistillResult:
     """Distil ``teacher`` into a ``cfg.steps``-step student with ``objective``; save it at ``out``.
 
     ``student_net`` replaces the objective's default student net (a copy of the teacher's).
+    ``reward``: a callable (x, cond) -> (B,) attached as ``module.reward`` for objectives that maximise
+    one (``rewards.py``); a plain attribute, neither trained nor checkpointed.
     Resumes from ``work_dir`` (default ``out.work``) when it holds a checkpoint of the same run.
     ``out=None`` saves nothing (then ``work_dir`` is required); for students on foreign nets.
     """
@@ -118,6 +121,10 @@ def distill(
         spec = replace(spec, net=student_net)
     student = make_student(teacher, spec, cfg.steps, objective.sampler(teacher, cfg.steps))
     module = DistillModule(teacher, student, objective, cfg.train.steps, cfg.teacher_guidance).to(device)
+    if reward is not None:
+        if not callable(reward):
+            raise TypeError(f"reward must be a callable (x, cond) -> (B,), got {type(reward).__name__}")
+        module.__dict__["reward"] = reward  # not a submodule: not trained, checkpointed or synchronised
     train_data = _training_data(module, objective, cfg, data, work, progress and rank == 0)
     no_data = objective.data == "none"
     mem, mem_kind = _peak(module, train_data, device, cfg.train.seed, no_data) if device.type == "cpu" else (0, "")
