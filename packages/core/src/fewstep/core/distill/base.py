@@ -114,7 +114,10 @@ def copy_net(teacher_net: nn.Module, guidance_embed: bool = False) -> nn.Module:
             raise ValueError("guidance_embed needs a fewstep net (UNet); this teacher's net is foreign")
         return copy.deepcopy(teacher_net).requires_grad_(True)  # the teacher may already be frozen
     kind, cfg = net_spec(teacher_net)
-    cfg = {**cfg, "label_dropout": 0.0, **({"guidance_embed": True} if guidance_embed else {})}
+    if guidance_embed and "guidance_embed" not in cfg:
+        raise ValueError(f"guidance_embed needs a net with a guidance input (the UNet); this teacher's net is {kind!r}")
+    # CFG label dropout off where the net has it (a time-series net has no labels: its config has no such key).
+    cfg = {**cfg, **({"label_dropout": 0.0} if "label_dropout" in cfg else {}), **({"guidance_embed": True} if guidance_embed else {})}
     net = build_net(kind, cfg)
     missing, unexpected = net.load_state_dict(teacher_net.state_dict(), strict=False)
     if unexpected or any(not k.startswith("guidance_mlp.") for k in missing):
