@@ -162,10 +162,11 @@ def test_real_data_objective_without_data_is_a_clear_error(tmp_path):
         distill(tiny_unet_denoiser(), NeedsData(), _cfg(2), tmp_path / "s", progress=False)
 
 
-def test_ddp_world_size_2_distils_with_identical_students(tmp_path):
+@pytest.mark.parametrize("method", ["cd", "dmd2"])
+def test_ddp_world_size_2_distils_with_identical_students(tmp_path, method):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     worker = Path(__file__).parent / "ddp_distill_worker.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker), str(tmp_path), method]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from fewstep.core.io import load_weights
@@ -175,4 +176,4 @@ def test_ddp_world_size_2_distils_with_identical_students(tmp_path):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     back = load_denoiser(tmp_path / "student")
-    assert back.info["distilled_by"] == "cd"
+    assert back.info["distilled_by"] == method

@@ -199,7 +199,9 @@ def train(
         ema, step, losses = load_training_state(out_dir, module, opt)
         ema = {k: v.to(device) for k, v in ema.items()}
     resumed_from = step
-    model: nn.Module = DDP(module) if world > 1 else module
+    # A module whose steps leave some parameters without gradients (a critic-only step of DMD2) asks
+    # DDP to look for them, else DDP stops at the next step waiting for those gradients.
+    model: nn.Module = DDP(module, find_unused_parameters=bool(getattr(module, "find_unused_parameters", False))) if world > 1 else module
     use_amp = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress or rank != 0, desc="train", dynamic_ncols=True)

@@ -73,6 +73,7 @@ class Objective:
     name: ClassVar[str] = "objective"
     data: ClassVar[str] = "real"  # "real" dataset images, "trajectory" teacher trajectories, "none" labels only
     paper: ClassVar[str] = ""
+    skips_parameters: ClassVar[bool] = False  # some steps leave parameters without gradients (DDP must know)
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
         return StudentSpec()
@@ -206,6 +207,11 @@ class DistillModule(nn.Module):
         if loss.ndim != 1 or loss.shape[0] != batch.size:
             raise ValueError(f"{self.objective.name}: loss must be per-sample (B,), got {tuple(loss.shape)}")
         return loss
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """For DDP: True when some steps leave parameters without gradients (the objective says)."""
+        return bool(getattr(self.objective, "skips_parameters", False))
 
     def lr_scales(self) -> dict[str, float]:
         """{submodule name: learning-rate multiple} for the train loop's optimiser (the objective's)."""

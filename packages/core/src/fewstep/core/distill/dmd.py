@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from .base import Batch, DistillModule, Objective, mse, noise_to, pseudo_huber, randn
-from .critic import FakeScoreGAN, dmd_direction, dmd_loss, fake_score_loss, fake_score_for, sample_times
+from .critic import FakeScoreGAN, dmd_direction, dmd_loss, fake_score_for, fake_score_loss, sample_times
 from .gan import gan_losses
 
 DISTANCES = {"mse": mse, "pseudo_huber": pseudo_huber}
@@ -57,7 +57,9 @@ def pure_noise(student: Denoiser, like: Tensor, generator: torch.Generator) -> t
     return randn(like.shape, generator, like) * float(sched.sigma(t[:1])), t
 
 
-def dm_term(module: DistillModule, x: Tensor, cond: Tensor | None, generator: torch.Generator, t_lo: float, t_hi: float) -> Tensor:
+def dm_term(
+    module: DistillModule, x: Tensor, cond: Tensor | None, generator: torch.Generator, t_lo: float, t_hi: float
+) -> Tensor:
     """DMD's distribution-matching loss (Eq. 7-8) per sample, a mean over dimensions as in DMD2's code
     (0.5 mse(x, sg(x - grad))): its gradient w.r.t. x is the normalised direction / D."""
     t = sample_times(module.teacher.schedule, x.shape[0], generator, t_lo, t_hi, x.device)
@@ -167,6 +169,7 @@ class DMD2(Objective):
 
     name: ClassVar[str] = "dmd2"
     data: ClassVar[str] = "real"
+    skips_parameters: ClassVar[bool] = True  # critic-only steps leave the student without gradients
     paper: ClassVar[str] = "Yin et al. 2024b, Improved Distribution Matching Distillation for Fast Image Synthesis"
 
     critic_updates: int = 5  # fake-score updates per generator update (DMD2's dfake_gen_update_ratio)
@@ -203,7 +206,7 @@ class DMD2(Objective):
         """The student's K+1 sampling times [t_0 = t_max, ..., t_{K-1}, 0] (its card's grid)."""
         grid = (student.sampler or {}).get("grid")
         if not isinstance(grid, (list, tuple)):
-            raise ValueError("DMD2 needs a student whose sampler has an explicit grid of times")
+            raise TypeError(f"DMD2 needs a student whose sampler has an explicit list of grid times, got {grid!r}")
         return torch.tensor(grid, dtype=torch.float64)
 
     def inputs(
@@ -228,7 +231,12 @@ class DMD2(Objective):
         with torch.set_grad_enabled(gen_step and torch.is_grad_enabled()):
             x = module.student(x_k, t_k, cond)
         zero = torch.zeros(x0.shape[0], device=x0.device)
-        out = {"critic": fake_score_loss(fake_score(module), x, cond, generator), "dm": zero, "gan_g": zero, "gan_d": zero}
+        out = {
+            "critic": fake_score_loss(fake_score(module), x, cond, generator),
+            "dm": zero,
+            "gan_g": zero,
+            "gan_d": zero,
+        }
         if self.gan:
             # Real data and generated samples noised to one t per row (Sec. 4.3).
             sched = module.teacher.schedule

@@ -23,6 +23,9 @@ METHODS: dict[str, tuple[str, str]] = {
     "reflow": ("reflow", "Reflow"),
     "slimflow": ("reflow", "SlimFlow"),
     "arcflow": ("arcflow", "ArcFlow"),
+    # Distribution family (issue "distribution-matching distillation").
+    "dmd": ("dmd", "DMD"),
+    "dmd2": ("dmd", "DMD2"),
 }
 
 
