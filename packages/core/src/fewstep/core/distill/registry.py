@@ -26,6 +26,9 @@ METHODS: dict[str, tuple[str, str]] = {
     # Distribution family (issue "distribution-matching distillation").
     "dmd": ("dmd", "DMD"),
     "dmd2": ("dmd", "DMD2"),
+    "vsd": ("score_implicit", "VSD"),
+    "sim": ("score_implicit", "SIM"),
+    "uni-instruct": ("score_implicit", "UniInstruct"),
 }
 
 
