@@ -4,11 +4,11 @@ Zhang et al. 2024, "Distribution Backtracking Builds A Faster Convergence Trajec
 Distillation" (SYZhang0805/DisBack). Score distillation (DMD / VSD) starts with a large gap between
 the teacher's score and the initial student's distribution. DisBack bridges it in two stages:
 
-1. Degradation recording (Sec. 3.2): a copy of the teacher s_theta is fine-tuned by denoising score
+1. Degradation recording: a copy of the teacher s_theta is fine-tuned by denoising score
    matching on the INITIAL student's samples; N snapshots s'_1 .. s'_N are taken on the way, so
    s'_0 = s_theta, s'_1, ..., s'_N trace the path from the teacher to the initial student's
    distribution.
-2. Distribution backtracking (Sec. 3.3): the student is distilled with the score-distillation
+2. Distribution backtracking: the student is distilled with the score-distillation
    gradient fake - real (``critic.dmd_direction``; the fake score starts as s'_N, a model of the
    initial student that stage 1 made for free, and keeps training on the student's samples), while
    the REAL score walks the path backwards, s'_{N-1}, ..., s'_1, s'_0 = teacher: each target is
@@ -47,7 +47,7 @@ from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
 def generate(module: DistillModule, batch: Batch, generator: torch.Generator, with_grad: bool = True) -> Tensor:
     """Samples of the student, as it samples (consistency steps on its uniform grid from pure noise at
     t_max). A K-step student runs a random number k < K of steps without gradient and the (k+1)-th
-    with it (DMD2's backward simulation, Yin et al. 2024b, Sec. 4.5), so every step it takes is trained.
+    with it (DMD2's backward simulation, Yin et al. 2024b), so every step it takes is trained.
     Shape (B, *sample_shape)."""
     student, sched = module.student, module.student.schedule
     p = next(iter(student.parameters()), None)
@@ -99,6 +99,11 @@ class DisBack(Objective):
             raise ValueError(f"critic_lr_scale={self.critic_lr_scale} must be > 0")
 
     def setup(self, module: DistillModule) -> None:
+        if self.record_steps(module) >= module.total_steps:
+            raise ValueError(
+                f"{module.total_steps} training steps leave none for backtracking after recording {self.path_size} "
+                f"snapshots ({self.record_steps(module)} steps): train longer or lower path_size / record_fraction"
+            )
         module.critic = make_fake_score(module.teacher).requires_grad_(True)  # trainable even for foreign nets
         module.path = nn.ModuleList(frozen_copy(module.critic) for _ in range(self.path_size))
 

@@ -2,7 +2,7 @@
 
 Aiello, Valsesia & Magli 2023, "Fast Inference in Denoising Diffusion Models via MMD Finetuning"
 (diegovalsesia/MMD-DDM). The model is fine-tuned so that its K-step DDIM samples x_hat = S_theta(z)
-match the data in feature space, by the (squared) maximum mean discrepancy (Sec. 3, Eq. 4-5)
+match the data in feature space, by the (squared) maximum mean discrepancy (Sec. 3)
 
     MMD^2(X, Y) = E k(x, x') + E k(y, y') - 2 E k(x, y),   x = phi(x_hat), y = phi(x_real),
 
@@ -27,6 +27,7 @@ Simplified against the paper: one fixed bandwidth set instead of a tuned one.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -62,7 +63,7 @@ class RandomProjection:
 
 def gaussian_mmd2(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
     """Biased MMD^2 between feature sets x (N, F) and y (M, F) with a multi-bandwidth Gaussian kernel,
-    bandwidths relative to the median pairwise distance of the pooled set (Gretton et al. 2012, Eq. 5)."""
+    bandwidths relative to the median pairwise distance of the pooled set (Gretton et al. 2012, MMD_b)."""
     z = torch.cat([x, y]).float()
     d2 = torch.cdist(z, z).pow(2)  # (N+M, N+M)
     h2 = d2.detach()[~torch.eye(len(z), dtype=torch.bool, device=z.device)].median().clamp(min=1e-12)
@@ -98,7 +99,9 @@ class MMDDDM(Objective):
             raise ValueError(f"feature_dim={self.feature_dim} must be >= 1")
         bw = tuple(float(c) for c in self.bandwidths)
         if not bw or min(bw) <= 0:
-            raise ValueError(f"bandwidths={self.bandwidths}: give at least one positive multiple of the median distance")
+            raise ValueError(
+                f"bandwidths={self.bandwidths}: give at least one positive multiple of the median distance"
+            )
         object.__setattr__(self, "bandwidths", bw)
         if self.features is not None and not callable(self.features):
             raise ValueError("features must be a callable x -> (B, F) feature map, or None for the random projection")
@@ -123,16 +126,20 @@ class MMDDDM(Objective):
         """K DDIM steps on a uniform grid, the last one to t = 0."""
         return {"solver": "ddim", "grid": uniform_times(teacher.schedule, steps)}
 
-    def generate(self, module: DistillModule, n: int, cond: Tensor | None, like: Tensor, generator: torch.Generator) -> Tensor:
+    def generate(
+        self, module: DistillModule, n: int, cond: Tensor | None, like: Tensor, generator: torch.Generator
+    ) -> Tensor:
         """The student's K-step DDIM samples from fresh noise, differentiable through every step."""
         student, sched = module.student, module.student.schedule
         grid = list(student.sampler["grid"])
-        x = randn((n, *like.shape[1:]), generator, like) * float(sched.sigma(torch.tensor(grid[0], dtype=torch.float64)))
+        x = randn((n, *like.shape[1:]), generator, like) * float(
+            sched.sigma(torch.tensor(grid[0], dtype=torch.float64))
+        )
 
         def step(x: Tensor, t: Tensor, s: Tensor) -> Tensor:  # one DDIM step (Song et al. 2021, Eq. 12)
             return ddim_jump(sched, x, student(x, t, cond), t, s)
 
-        for t, s in zip(grid[:-1], grid[1:]):
+        for t, s in itertools.pairwise(grid):
             tt = torch.full((n,), t, dtype=torch.float64, device=x.device)
             ss = torch.full_like(tt, s)
             if self.checkpoint_steps and torch.is_grad_enabled():
@@ -142,7 +149,7 @@ class MMDDDM(Objective):
         return x
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
-        phi = module.__dict__.get("features") or self.features or RandomProjection(self.feature_dim)
+        phi = getattr(module, "features", None) or self.features or RandomProjection(self.feature_dim)
         x_hat = self.generate(module, batch.size, batch.cond, batch.x0, generator)
         with torch.no_grad():
             y = phi(batch.x0)

@@ -7,8 +7,8 @@ owns its condition, so a sample still costs one student call.
 
 - :class:`MSD` is the per-student objective: one-step distribution matching (DMD, Yin et al. 2024,
   Eq. 7-8, ``critic.dmd_direction``) with a fake score trained on the student's own samples, where
-  every label of a batch is mapped into the student's slice, so student and fake score only ever
-  see their own classes (the runner's data-free labels cover all classes).
+  the batch's labels are replaced by labels drawn from the student's slice, so student and fake
+  score only ever see their own classes (the runner's data-free labels cover all classes).
 - :func:`distill_multi_student` runs the core ``distill()`` once per student and returns a
   :class:`StudentRouter`; students can be narrower than the teacher (``width_mult``: the teacher's
   UNet with fewer channels, fresh weights, as SlimFlow's student, ``reflow.smaller_net``).
@@ -28,17 +28,18 @@ smaller students (they start from fresh weights, or the teacher's when ``width_m
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..checkpoints import load_denoiser, save_denoiser
 from ..denoiser import Denoiser
-from ..nets import is_fewstep_net
 from ..io import CheckpointError, checkpoint_paths, load_weights, read_card, save_weights
+from ..nets import is_fewstep_net
 from .base import Batch, DistillModule, Objective, StudentSpec, copy_net
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
 from .disback import generate
@@ -68,7 +69,8 @@ def check_partition(partition, num_classes: int) -> list[list[int]]:
 # -- the per-student objective ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MSD(Objective):
-    """One MSD student: one-step DMD on its own classes ``classes`` (module doc).
+    """One MSD student: one-step DMD on its own classes ``classes`` (module doc); ``classes=()`` owns
+    every class (K = 1: plain one-step DMD, what ``make_objective("msd")`` gives).
 
     ``width_mult`` < 1: a narrower UNet with fresh weights (needs a fewstep UNet teacher, or pass
     ``student_net``); 1: a copy of the teacher. ``critic_lr_scale``: the fake score's lr multiple.
@@ -76,7 +78,9 @@ class MSD(Objective):
 
     name: ClassVar[str] = "msd"
     data: ClassVar[str] = "none"
-    paper: ClassVar[str] = "Song et al. 2024, Multi-student Diffusion Distillation for Better One-step Generators, arXiv:2410.23274"
+    paper: ClassVar[str] = (
+        "Song et al. 2024, Multi-student Diffusion Distillation for Better One-step Generators, arXiv:2410.23274"
+    )
 
     classes: tuple[int, ...] = ()
     width_mult: float = 1.0
@@ -84,7 +88,7 @@ class MSD(Objective):
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        if not self.classes or min(self.classes) < 0 or len(set(self.classes)) != len(self.classes):
+        if self.classes and (min(self.classes) < 0 or len(set(self.classes)) != len(self.classes)):
             raise ValueError(f"classes={self.classes}: give the student's own class labels (distinct, >= 0)")
         if not 0 < self.width_mult <= 1:
             raise ValueError(f"width_mult={self.width_mult} must be in (0, 1]: students are at most the teacher's size")
@@ -92,7 +96,7 @@ class MSD(Objective):
             raise ValueError(f"critic_lr_scale={self.critic_lr_scale} must be > 0")
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
-        if teacher.num_classes and max(self.classes) >= teacher.num_classes:
+        if teacher.num_classes and self.classes and max(self.classes) >= teacher.num_classes:
             raise ValueError(f"classes={self.classes} exceed the teacher's {teacher.num_classes} classes")
         if self.width_mult == 1.0:
             return StudentSpec(net=copy_net(teacher.net))
@@ -107,16 +111,14 @@ class MSD(Objective):
     def lr_scales(self) -> dict[str, float]:
         return {"critic": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
 
-    def own(self, module: DistillModule, cond: Tensor | None, n: int, device) -> Tensor:
-        """The batch's labels mapped into this student's slice: classes[label mod |slice|]."""
-        own = torch.tensor(self.classes, dtype=torch.long, device=device)
-        if cond is None:
-            cond = torch.arange(n, device=device)
-        return own[cond.to(device).long() % len(own)]
+    def own(self, module: DistillModule, n: int, generator: torch.Generator, device) -> Tensor:
+        """n labels drawn uniformly from this student's slice (the batch's own labels cover every class)."""
+        own = torch.tensor(self.classes or range(module.teacher.num_classes), dtype=torch.long)
+        return own[torch.randint(0, len(own), (n,), generator=generator)].to(device)
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         p = next(iter(module.student.parameters()))
-        cond = self.own(module, batch.cond, batch.size, p.device)
+        cond = self.own(module, batch.size, generator, p.device)
         batch = Batch(x0=None, cond=cond, n=batch.size)
         x = generate(module, batch, generator, with_grad=True)  # one step from noise at t_max
         direction = dmd_direction(module.teacher, module.critic, x, cond, generator, module.teacher_guidance)
@@ -137,8 +139,17 @@ class StudentRouter(nn.Module):
         first = students[0]
         for s in students[1:]:
             same = (s.schedule, s.sample_shape, s.num_classes, s.steps, s.sampler, s.prediction)
-            if same != (first.schedule, first.sample_shape, first.num_classes, first.steps, first.sampler, first.prediction):
-                raise ValueError("students must share schedule, prediction, sample_shape, num_classes, steps and sampler")
+            if same != (
+                first.schedule,
+                first.sample_shape,
+                first.num_classes,
+                first.steps,
+                first.sampler,
+                first.prediction,
+            ):
+                raise ValueError(
+                    "students must share schedule, prediction, sample_shape, num_classes, steps and sampler"
+                )
         self.partition = check_partition(partition, first.num_classes)
         self.students = nn.ModuleList(students)
         owner = torch.empty(first.num_classes, dtype=torch.long)
@@ -169,7 +180,9 @@ class StudentRouter(nn.Module):
         if cond is None or cond.dtype not in (torch.int64, torch.int32):
             raise ValueError("a StudentRouter routes by class label: pass cond as integer labels")
         if bool(((cond < 0) | (cond >= self.num_classes)).any()):
-            raise ValueError(f"labels must be in 0..{self.num_classes - 1} (each owned by one student); got {cond.tolist()}")
+            raise ValueError(
+                f"labels must be in 0..{self.num_classes - 1} (each owned by one student); got {cond.tolist()}"
+            )
         return self.owner.to(cond.device)[cond.long()]
 
     def forward(
@@ -267,16 +280,36 @@ def distill_multi_student(
         obj = MSD(classes=tuple(part), width_mult=width_mult, **objective_opts)
         net = student_net(j) if student_net is not None else None
         if net is None and width_mult < 1 and not is_fewstep_net(teacher.net):
-            raise ValueError("width_mult < 1 needs a fewstep UNet teacher; for other nets pass student_net=lambda j: ...")
-        res = distill(teacher, obj, cfg, None, work_dir=work / f"student{j}", progress=progress, student_net=net,
-                      card={"student_index": j, "classes": list(part)})
+            raise ValueError(
+                "width_mult < 1 needs a fewstep UNet teacher; for other nets pass student_net=lambda j: ..."
+            )
+        res = distill(
+            teacher,
+            obj,
+            cfg,
+            None,
+            work_dir=work / f"student{j}",
+            progress=progress,
+            student_net=net,
+            card={"student_index": j, "classes": list(part)},
+        )
         res.student.info["msd"] = {"student": j, "classes": list(part), "width_mult": width_mult}
         students.append(res.student)
         results.append(res)
-    router = StudentRouter(students, partition, info={"distilled_by": "msd", "width_mult": width_mult, **dict(teacher.info)})
+    router = StudentRouter(
+        students, partition, info={"distilled_by": "msd", "width_mult": width_mult, **dict(teacher.info)}
+    )
     if out is not None:
         save_router(router, out, card={"distill_config": {"steps": cfg.steps, "train_steps": cfg.train.steps}})
     return router.eval(), results
 
 
-__all__ = ["MSD", "StudentRouter", "check_partition", "distill_multi_student", "load_router", "round_robin", "save_router"]
+__all__ = [
+    "MSD",
+    "StudentRouter",
+    "check_partition",
+    "distill_multi_student",
+    "load_router",
+    "round_robin",
+    "save_router",
+]

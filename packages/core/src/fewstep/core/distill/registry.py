@@ -29,6 +29,12 @@ METHODS: dict[str, tuple[str, str]] = {
     "vsd": ("score_implicit", "VSD"),
     "sim": ("score_implicit", "SIM"),
     "uni-instruct": ("score_implicit", "UniInstruct"),
+    "decoupled-dmd": ("decoupled", "DecoupledDMD"),
+    "flash-dmd": ("decoupled", "FlashDMD"),
+    "disback": ("disback", "DisBack"),
+    "tdm": ("tdm", "TDM"),
+    "mmd-ddm": ("mmd", "MMDDDM"),
+    "msd": ("multi_student", "MSD"),  # one student per call; distill_multi_student trains K and the router
 }
 
 

@@ -4,7 +4,8 @@ Luo et al. 2025, "Learning Few-Step Diffusion Models by Trajectory Distribution 
 (Luo-Yihong/TDM). A K-step student runs DDIM through its grid t_K = t_max > t_{K-1} > ... > t_0 = 0:
 at step k it predicts x0_k = G(x_{t_k}, t_k) and moves to x_{t_{k-1}} = DDIM(x_{t_k}, x0_k). The next
 state only needs the right marginal at t_{k-1} and above, so TDM matches each step's prediction to
-the teacher's marginal only on that step's noise interval (the "sampling-steps-aware" objective):
+the teacher's marginal only on that step's noise interval (our reading of the "sampling-steps-aware"
+objective; the interval bounds are the step's own grid times):
 
     grad_k = E_{t ~ U[t_{k-1}, t_k], eps} [ x0_fake(x_t, t) - x0_real(x_t, t) ],  x_t = alpha_t x0_k + sigma_t eps
 
@@ -16,8 +17,8 @@ conditioning (the intervals are disjoint, so one network serves every step).
 
 Gradients: each step's DM term trains the student at that step only; the state passed on is
 detached (as DMD2's backward simulation), so memory is one student pass per step.
-Simplified against the paper: no CFG-augmented target schedule, no LoRA, and the student's grid is
-uniform in t (``uniform_times``; TDM's released 4-step grid is uniform in the 1000 DDPM steps too).
+Simplified against the paper: no CFG-augmented target schedule, no LoRA, one fixed K per run, and the
+student's grid is uniform in t (``uniform_times``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ class TDM(Objective):
         p = next(iter(student.parameters()), None)
         like = torch.empty(0, device=p.device if p is not None else "cpu")
         n = batch.size
-        x = randn((n, *module.teacher.sample_shape), generator, like) * float(sched.sigma(torch.tensor(grid[0], dtype=torch.float64)))
+        x = randn((n, *module.teacher.sample_shape), generator, like) * float(
+            sched.sigma(torch.tensor(grid[0], dtype=torch.float64))
+        )
         out: dict[str, list[Tensor]] = {"dm": [], "critic": []}
         for k in range(len(grid) - 1):
             t_k = torch.full((n,), grid[k], dtype=torch.float64, device=x.device)
