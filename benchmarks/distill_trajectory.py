@@ -3,7 +3,7 @@
     uv run python benchmarks/distill_trajectory.py --teacher digits --methods cd,pd,scm   # train + measure
     uv run python benchmarks/distill_trajectory.py --teacher digits --baseline            # the teacher rows
     uv run python benchmarks/distill_trajectory.py --render                               # only the markdown
-    python benchmarks/distill_trajectory.py --teacher shapes --methods all --jobs 8 --db D.json  # GPU: 8 at once
+    python benchmarks/distill_trajectory.py --teacher shapes --methods all --jobs 7       # GPU: 7 at once
 
 Each method trains once (its natural step count: 4 for progressive distillation, 1 otherwise), with
 the same iterations, batch and learning rate, initialised from the teacher (SlimFlow: a smaller
@@ -14,248 +14,29 @@ Writes docs/benchmarks/distill_trajectory.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DOCS, machine, table  # noqa: E402
+from distill_bench import Family, main  # noqa: E402
 
-JSON = DOCS / "distill_trajectory.json"
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "distill"
-TRAIN_STEPS = {"pd": 4, "guided-pd": 4, "mlcm": 4, "hyper-sd": 1}  # others: 1-step students
-LR = {"slimflow": 2e-4}  # its smaller student starts from scratch; 5e-5 leaves it at dFD ~75 (others: 5e-5)
-EVAL_STEPS = (1, 2, 4)
-TEACHER_SOLVERS = ("dpmpp_2m", "unipc", "ddim", "heun")
-
-
-def _load(path: Path = JSON) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {"rows": {}, "teacher": {}}
-
-
-def _save(db: dict, path: Path = JSON) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(db, indent=1))
-    tmp.replace(path)
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def run_parallel(args: argparse.Namespace, methods: list[str]) -> None:
-    """Each method in its own process (``jobs`` at a time, one CPU thread each), rows merged into the db.
-
-    Small students leave a GPU mostly idle, so several processes share it well; on a CPU give each
-    job one core. A job that fails leaves its log beside the db and the others go on.
-    """
-    db_path = Path(args.db)
-    logs = db_path.parent / (db_path.stem + ".logs")
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with tempfile.TemporaryDirectory() as tmp:
-        pending, running, failed = list(methods), {}, []
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                m = pending.pop(0)
-                cmd = [sys.executable, __file__, "--teacher", args.teacher, "--methods", m, "--db", f"{tmp}/{m}.json", "--no-render",
-                       "--run-name", args.run_name or db_path.stem,
-                       "--n", str(args.n), "--iters", str(args.iters), "--batch", str(args.batch), *sum((["--option", o] for o in args.option), [])]
-                running[m] = subprocess.Popen(cmd, stdout=open(logs / f"{args.teacher}-{m}.log", "w"), stderr=subprocess.STDOUT, env=env)
-            time.sleep(1)
-            for m, proc in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[m]
-                if proc.returncode:
-                    failed.append(m)
-                    print(f"{m}: failed (rc {proc.returncode}), see {logs / f'{args.teacher}-{m}.log'}", flush=True)
-                    continue
-                db = _load(db_path)
-                db["rows"].update(_load(Path(f"{tmp}/{m}.json"))["rows"])
-                _save(db, db_path)
-                print(f"{m}: done", flush=True)
-    if failed:
-        print(f"failed: {','.join(failed)}", flush=True)
-
-
-def baseline(teacher: str, n: int) -> dict:
-    """The teacher at 1, 2, 4 and 50 NFE with the best of several solvers (by dFD)."""
-    from fewstep.image.evaluate import EvalConfig, evaluate_denoiser
-    from fewstep.image.registry import load_model
-
-    den = load_model(f"{teacher}-teacher", device=_device())
-    out = {}
-    for nfe in (*EVAL_STEPS, 50):
-        best = None
-        for solver in TEACHER_SOLVERS:
-            steps = max(1, nfe // 2) if solver == "heun" else nfe
-            if solver == "heun" and nfe < 2:
-                continue
-            r = evaluate_denoiser(den, EvalConfig(solver=solver, steps=steps, n=n, grid="logsnr" if solver != "ddim" else "uniform"))
-            print(f"teacher {teacher} {solver} {steps} steps: dFD {r['dfd']:.3f} (NFE {r['nfe']:.0f})", flush=True)
-            if best is None or r["dfd"] < best["dfd"]:
-                best = {**r, "nfe_budget": nfe}
-        out[str(nfe)] = {k: best[k] for k in ("dfd", "accuracy", "recall", "precision", "nfe", "solver", "steps", "seconds_per_sample")}
-    return out
-
-
-def run_method(teacher: str, method: str, n: int, iters: int, batch: int, options: dict, runs: Path = RUNS) -> dict:
-    from fewstep.core.distill import DistillConfig, distill, make_objective
-    from fewstep.image.data import load_dataset
-    from fewstep.image.distill import BUDGET, TRAJECTORIES
-    from fewstep.image.evaluate import EvalConfig, evaluate_denoiser
-    from fewstep.image.registry import load_model
-
-    den = load_model(f"{teacher}-teacher", device=_device())
-    objective = make_objective(method, **options)
-    k = TRAIN_STEPS.get(method, 1)
-    cfg = DistillConfig(steps=k, train=replace(BUDGET, steps=iters, batch_size=batch, lr=LR.get(method, BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
-    data = load_dataset(teacher, "train") if objective.data == "real" else None
-    out = runs / teacher / method
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = distill(den, objective, cfg, out, data=data, work_dir=runs / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"})
-    student = res.student
-    rule = dict(student.sampler)
-    evals = {}
-    for steps in EVAL_STEPS:
-        grid = objective.sampler(den, steps).get("grid")
-        grid_t = torch.tensor(grid, dtype=torch.float64) if isinstance(grid, list) else grid
-        r = evaluate_denoiser(student, EvalConfig(steps=steps, grid=grid_t, n=n))
-        evals[str(steps)] = {k2: r[k2] for k2 in ("dfd", "accuracy", "recall", "precision", "nfe", "seconds_per_sample")}
-        print(f"{method} on {teacher}, {steps} steps: dFD {r['dfd']:.3f} acc {r['accuracy']:.3f} recall {r['recall']:.3f}", flush=True)
-    params = sum(p.numel() for p in student.net.parameters())
-    return {
-        "method": method,
-        "trained_steps": k,
-        "iterations": iters,
-        "batch_size": batch,
-        "lr": cfg.train.lr,
-        "train_seconds": round(res.seconds, 1),
-        "peak_bytes": res.peak_bytes,
-        "peak_kind": res.peak_kind,
-        "params": params,
-        "sampler": rule["solver"],
-        "eval": evals,
-        "options": objective.describe(),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
-def render(db: dict) -> str:
-    machines: dict[str, list[str]] = {}
-    for key, r in sorted(db["rows"].items()):
-        machines.setdefault(r.get("machine", "?"), []).append(key)
-    gpu = any(m.startswith("GPU") for m in machines)
-    lines = [
-        "# Trajectory distillation",
-        "",
+TRAJECTORY = Family(
+    name="trajectory",
+    title="Trajectory distillation",
+    script=__file__,
+    methods=("pd", "guided-pd", "cd", "mlcm", "hyper-sd", "scott", "slam", "scm", "rcm", "tbcm", "boot", "reflow", "slimflow", "arcflow"),
+    train_steps={"pd": 4, "guided-pd": 4, "mlcm": 4, "hyper-sd": 1},  # others: 1-step students
+    lr={"slimflow": 2e-4},  # its smaller student starts from scratch; 5e-5 leaves it at dFD ~75 (others: 5e-5)
+    intro=(
         "`uv run python benchmarks/distill_trajectory.py --teacher T --methods ...` (see the script's docstring). "
         "Every method trains once under the same budget (iterations, batch 64, lr 5e-5, EMA 0.999 of the student "
         "weights), initialised from the teacher unless noted; the student is then sampled with its own rule at "
         "1, 2 and 4 steps (n samples, class-balanced, seed 0). dFD: Fréchet distance of the shipped classifier's "
         "features to the real test split (lower is better). The learning rate is 5e-5 for every method except "
         "SlimFlow (2e-4: its smaller student starts from scratch). Guided-PD's student is sampled at its default "
-        "guidance w, so it is compared against the unguided teacher.",
-        "",
-        "Training seconds were measured with several jobs sharing the machine (`--jobs`; on the GPU 14 processes "
-        "at once), so they compare methods only roughly. "
-        + ("Peak memory: the CUDA allocator's maximum for the training process (teacher, student, EMA, critics, "
-           "optimiser state and one batch). " if gpu else "")
-        + "Peak memory on CPU: bytes autograd saves for one training step at batch 8.",
-        "",
-        "Machines: " + "; ".join(f"{m} ({len(k)} rows)" for m, k in machines.items()) + ".",
-        "",
-    ]
-    for teacher, base in db.get("teacher", {}).items():
-        lines += [f"## {teacher}", "", f"Teacher ({base.get('machine', '')}), best solver per NFE:", ""]
-        rows = [[nfe, r["solver"], r["steps"], r["dfd"], r["accuracy"], r["recall"]] for nfe, r in base["rows"].items()]
-        lines += [table(["NFE", "solver", "steps", "dFD", "accuracy", "recall"], rows), ""]
-        srows = []
-        for key, r in sorted(db["rows"].items()):
-            if not key.startswith(teacher + "/"):
-                continue
-            e = r["eval"]
-            srows.append([r["method"], r["trained_steps"], e["1"]["dfd"], e["2"]["dfd"], e["4"]["dfd"], e["1"]["accuracy"],
-                          e["1"]["recall"], f"{r['params'] / 1e6:.2f}M", r["iterations"], r["train_seconds"], f"{r['peak_bytes'] / 2**20:.1f}"])
-        if srows:
-            lines += ["Students (dFD at 1 / 2 / 4 steps with their own sampling rule):", ""]
-            lines += [table(["method", "trained for K", "dFD 1", "dFD 2", "dFD 4", "acc@1", "recall@1", "params", "iters", "train s", "peak MB"], srows), ""]
-            lines += _goals(base["rows"], [r for k, r in db["rows"].items() if k.startswith(teacher + "/")])
-    return "\n".join(lines) + "\n"
-
-
-def _goals(base: dict, rows: list[dict]) -> list[str]:
-    if not rows or "50" not in base:
-        return []
-    t50 = base["50"]["dfd"]
-    best1 = min(rows, key=lambda r: r["eval"]["1"]["dfd"])
-    best4 = min(rows, key=lambda r: r["eval"]["4"]["dfd"])
-    b1, b4 = best1["eval"]["1"]["dfd"], best4["eval"]["4"]["dfd"]
-    beat = [r["method"] for r in rows if all(r["eval"][k]["dfd"] < base[k]["dfd"] for k in ("1", "2", "4") if k in base)]
-    return [
-        "Goals:",
-        "",
-        f"- best 1-step student within 1.2x of the teacher's 50-step dFD ({t50:.3f}): {best1['method']} at {b1:.3f} "
-        f"({b1 / t50:.2f}x): **{'met' if b1 <= 1.2 * t50 else 'not met'}**",
-        f"- best 4-step student at or below the teacher's 50-step dFD: {best4['method']} at {b4:.3f}: **{'met' if b4 <= t50 else 'not met'}**",
-        f"- students better than the teacher at their own NFE (1, 2 and 4): {', '.join(beat) or 'none'} "
-        f"({len(beat)} of {len(rows)})",
-        "",
-    ]
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--teacher", default="digits", choices=["digits", "shapes"])
-    p.add_argument("--methods", default="")
-    p.add_argument("--baseline", action="store_true")
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--iters", type=int, default=600)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--option", action="append", default=[], help="method:key=value")
-    p.add_argument("--render", action="store_true")
-    p.add_argument("--no-render", action="store_true", help="do not rewrite the markdown")
-    p.add_argument("--db", default=str(JSON), help="the JSON the rows accumulate in (and the markdown is rendered from)")
-    p.add_argument("--run-name", default="", help="runs/distill/NAME holds the checkpoints (default: the db's name)")
-    p.add_argument("--jobs", type=int, default=1, help="methods trained at once, each in its own process")
-    a = p.parse_args()
-    db_path = Path(a.db)
-    md = db_path.with_suffix(".md")
-    from fewstep.core.distill import methods as all_methods
-
-    names = list(all_methods()) if a.methods == "all" else [m for m in a.methods.split(",") if m]
-    if a.baseline:
-        db = _load(db_path)
-        db["teacher"][a.teacher] = {"rows": baseline(a.teacher, a.n), "machine": machine()}
-        _save(db, db_path)
-    if a.jobs > 1 and len(names) > 1:
-        run_parallel(a, names)
-        names = []
-    for method in names:
-        opts = {}
-        for o in a.option:
-            m, kv = o.split(":", 1)
-            if m == method:
-                from fewstep.image.distill import parse_options
-
-                opts.update(parse_options([kv]))
-        row = run_method(a.teacher, method, a.n, a.iters, a.batch, opts, RUNS / (a.run_name or db_path.stem))
-        db = _load(db_path)  # other runs may have written meanwhile
-        db["rows"][f"{a.teacher}/{method}"] = row
-        _save(db, db_path)
-    if not a.no_render:
-        md.write_text(render(_load(db_path)))
-
+        "guidance w, so it is compared against the unguided teacher."
+    ),
+)
 
 if __name__ == "__main__":
-    main()
+    main(TRAJECTORY, __doc__)
