@@ -43,6 +43,9 @@ class Family:
     lr: dict[str, float] = field(default_factory=dict)  # method -> learning rate (default BUDGET's)
     goals: Callable[[dict, list[dict]], list[str]] | None = None
     extras: Callable[[object, str], dict] | None = None  # (objective, teacher) -> extra distill() kwargs (a reward)
+    options: dict[str, dict] = field(default_factory=dict)  # method -> default objective options (--option overrides)
+    train: dict = field(default_factory=dict)  # TrainConfig fields every method of the family trains with
+    trainers: dict[str, Callable] = field(default_factory=dict)  # method -> distill()-like trainer returning .student etc.
 
     @property
     def json(self) -> Path:
@@ -129,14 +132,15 @@ def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch
 
     den = load_model(f"{teacher}-teacher", device=_device())
     base, _, at = method.partition("@")  # "dmd2@4": dmd2 trained as a 4-step student
-    objective = make_objective(base, **options)
+    objective = make_objective(base, **{**fam.options.get(base, {}), **options})
     k = int(at) if at else fam.train_steps.get(base, 1)
-    cfg = DistillConfig(steps=k, train=replace(BUDGET, steps=iters, batch_size=batch, lr=fam.lr.get(method, BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
+    cfg = DistillConfig(steps=k, train=replace(BUDGET, **fam.train, steps=iters, batch_size=batch, lr=fam.lr.get(base, BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
     data = load_dataset(teacher, "train") if objective.data == "real" else None
     extras = fam.extras(objective, teacher) if fam.extras else {}
     out = runs / teacher / method
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = distill(den, objective, cfg, out, data=data, work_dir=runs / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"}, **extras)
+    train_fn = fam.trainers.get(base, distill)  # a method with its own trainer (MSD: K students and a router)
+    res = train_fn(den, objective, cfg, out, data=data, work_dir=runs / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"}, **extras)
     student = res.student
     rule = dict(student.sampler)
     evals = {}
@@ -146,7 +150,7 @@ def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch
         r = evaluate_denoiser(student, EvalConfig(steps=steps, grid=grid_t, n=n))
         evals[str(steps)] = {k2: r[k2] for k2 in ("dfd", "accuracy", "recall", "precision", "nfe", "seconds_per_sample")}
         print(f"{method} on {teacher}, {steps} steps: dFD {r['dfd']:.3f} acc {r['accuracy']:.3f} recall {r['recall']:.3f}", flush=True)
-    params = sum(p.numel() for p in student.net.parameters())
+    params = sum(p.numel() for p in (student.net if hasattr(student, "net") else student).parameters())  # a router: all its students
     return {
         "method": method,
         "trained_steps": k,
