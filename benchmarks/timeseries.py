@@ -4,7 +4,8 @@
 
 For each dataset: train TSDiff (fewstep core train loop) on the training part, then score with
 gluonts' Evaluator on the same held-out windows: TSDiff guided (ddpm 100 steps, and the core's fast
-solvers at 20 and 10 NFE), SeasonalNaive, SeasonalNaive refined by TSDiff (most-likely and
+solvers at 20, 10 and 4 NFE), a 4-step progressive-distillation student of the same model (core
+distillation, 600 iterations), SeasonalNaive, SeasonalNaive refined by TSDiff (most-likely and
 Langevin), DeepAR (gluonts.torch). Writes docs/benchmarks/timeseries.md.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from common import DOCS, machine
 
-from fewstep.timeseries.benchmarking import run_dataset
+from fewstep.timeseries.benchmarking import STUDENTS, run_dataset
 
 DATASETS = ("complex_seasonal", "sunspots", "elnino")
 
@@ -31,7 +32,7 @@ def goals(res: dict) -> list[str]:
         ok = full["CRPS"] <= deep["CRPS"]
         out.append(f"TSDiff guided CRPS {full['CRPS']:.4f} vs DeepAR {deep['CRPS']:.4f}: {'met' if ok else 'not met'}")
     for m, r in rows.items():
-        if m.startswith("TSDiff guided,") and r["nfe"] <= 20:
+        if (m.startswith("TSDiff guided,") or " student, " in m) and r["nfe"] <= 20:
             rel = r["CRPS"] / full["CRPS"] - 1
             out.append(f"{m} ({100 // r['nfe']}x fewer NFE): CRPS {100 * rel:+.1f}% vs 100 steps: "
                        f"{'within 5%' if rel <= 0.05 else 'not within 5%'}")
@@ -45,13 +46,14 @@ def main() -> None:
     ap.add_argument("--deepar-epochs", type=int, default=20)
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--runs", default="runs/timeseries", help="training folders; a finished run there is reused")
+    ap.add_argument("--no-students", dest="students", action="store_false", help="skip the distilled few-step students")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     results = []
     for name in args.datasets.split(","):
         res = run_dataset(name, train_steps=args.steps, num_samples=args.samples, deepar_epochs=args.deepar_epochs,
-                          out_dir=Path(args.runs) / name)
+                          out_dir=Path(args.runs) / name, students=STUDENTS if args.students else ())
         results.append(res)
         print(f"\n## {name}\n{res['table']}\n" + "\n".join(goals(res)), flush=True)
     total = time.perf_counter() - t0
@@ -70,7 +72,9 @@ def main() -> None:
             f"## {res['name']} (freq {res['freq']}, prediction length {res['prediction_length']}, context "
             f"{res['context_length']}, lags {res['lags']}, {res['scaling']} scaling, {res['test_windows']} test windows)", "",
             f"TSDiff: {res['params']} parameters, {res['train_steps']} training steps"
-            + (" (reused from an earlier run's checkpoint in --runs)." if res["resumed"] else f" in {res['train_seconds']:.0f} s."),
+            + (" (reused from an earlier run's checkpoint in --runs)." if res["resumed"] else f" in {res['train_seconds']:.0f} s.")
+            + "".join(f" Student {k}: {res['student_iters']} distillation iterations, {sec:.0f} s (0 s: reused)."
+                      for k, sec in res["student_seconds"].items()),
             "",
             res["table"], "", *[f"- {g}" for g in goals(res)], "",
         ]

@@ -77,3 +77,12 @@ def test_demo_writes_its_report_and_plot(tmp_path):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "CRPS" in report and "TSDiff guided" in report and out.startswith("# fewstep-ts demo")
     assert (tmp_path / "demo" / "forecast.png").stat().st_size > 1000
+
+
+def test_distill_then_forecast_with_the_students_own_rule(trained, user_csv, tmp_path):
+    _invoke("distill", trained, "--out", tmp_path / "s", "--csv", user_csv, "--freq", "h", "--windows", 2,
+            "--steps", 2, "--iters", 8)
+    card = json.loads((tmp_path / "s.json").read_text())
+    assert card["steps"] == 2 and card["info"]["tsdiff"]["prediction_length"] == 24
+    _invoke("forecast", tmp_path / "s", "--csv", user_csv, "--solver", "auto", "--num-samples", 4, "--out", tmp_path / "f.csv")
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 2 * 24

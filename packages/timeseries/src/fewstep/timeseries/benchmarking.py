@@ -7,6 +7,7 @@ DeepAR from gluonts.torch, all scored by gluonts' Evaluator on the same held-out
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 
 from .data import load
 from .evaluate import deepar, evaluate, metrics_only, seasonal_naive
-from .guidance import GuidanceConfig
+from .distill import distill_tsdiff
+from .guidance import GuidanceConfig, default_scale
 from .model import TrainSettings, save_tsdiff, train_tsdiff
 from .predictor import tsdiff_predictor
 from .recipes import RECIPES, recipe_config
@@ -23,7 +25,8 @@ from .refine import RefineConfig, RefinedPredictor
 
 # Fast variants: (solver, steps, guidance scale). Bigger steps take a proportionally bigger guidance
 # step, so the scale is lowered with the step count (scale 4 at 20 steps overshoots on some samples).
-FAST = (("ddim", 20, 2.0), ("dpmpp_2m", 20, 2.0), ("dpmpp_2m", 10, 1.0))
+FAST = (("ddim", 20, 2.0), ("dpmpp_2m", 20, 2.0), ("dpmpp_2m", 10, 1.0), ("ddim", 4, 0.1))
+STUDENTS = (("pd", 4),)  # (core distillation method, student steps): the few-step rows
 
 
 def _fmt_table(rows: list[dict]) -> str:
@@ -36,7 +39,7 @@ def _fmt_table(rows: list[dict]) -> str:
 def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deepar_epochs: int = 20,
                 out_dir: Path | None = None, fast: tuple[tuple[str, int, float], ...] = FAST,
                 scale: float = 4.0, seed: int = 0, progress: bool = True, windows: int | None = None,
-                hidden: int = 64) -> dict:
+                hidden: int = 64, students: tuple[tuple[str, int], ...] = (), student_iters: int = 600) -> dict:
     """Train TSDiff on ``name``'s training part and score every method on its test windows."""
     p = RECIPES[name][0]
     data = load(name, p, windows)
@@ -61,6 +64,15 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
         g = GuidanceConfig(scale=s, solver=solver, steps=steps, grid=grid)
         add(f"TSDiff guided, {solver} {steps} steps (scale {s:g})", tsdiff_predictor(den, g, num_samples, seed=seed),
             steps)
+    student_seconds = {}
+    for method, k in students:  # a few-step student distilled from this teacher by the core's objective
+        t0 = time.perf_counter()
+        student = distill_tsdiff(den, data.train, run_dir / f"student-{method}{k}", method, k, iters=student_iters,
+                                 seed=seed, progress=progress)
+        student_seconds[f"{method}{k}"] = time.perf_counter() - t0
+        s = default_scale(k)
+        add(f"TSDiff {method} student, {k} steps (scale {s:g})", tsdiff_predictor(student, GuidanceConfig(scale=s, solver="auto"),
+                                                                          num_samples, seed=seed), k)
     sn = seasonal_naive(data)
     add("SeasonalNaive (gluonts)", sn, 0, "naive")
     refine_cfg = RefineConfig(method="ml", iterations=20)
@@ -75,7 +87,7 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
         "context_length": cfg.context_length, "lags": list(cfg.lags), "scaling": cfg.scaling,
         "params": sum(q.numel() for q in den.parameters()), "train_seconds": result.seconds,
         "resumed": result.resumed_from == train_steps,
-        "train_steps": train_steps, "rows": rows, "table": _fmt_table(rows), "kept": kept, "model": den,
+        "train_steps": train_steps, "student_seconds": student_seconds, "student_iters": student_iters, "rows": rows, "table": _fmt_table(rows), "kept": kept, "model": den,
     }
 
 

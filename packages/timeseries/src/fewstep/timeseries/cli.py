@@ -42,11 +42,12 @@ def _model(model: str, prediction_length: Optional[int]):
     return den, cfg
 
 
-def _guidance(solver: str, steps: Optional[int], scale: Optional[float], energy: str):
+def _guidance(solver: str, steps: Optional[int], scale: Optional[float], energy: str, den=None):
     from .guidance import GuidanceConfig, default_scale
 
     grid = "uniform" if solver in ("ddpm", "ddim") else "logsnr"
-    scale = default_scale(steps) if scale is None else scale
+    own = getattr(den, "steps", None) if solver == "auto" else None  # a student samples with its own step count
+    scale = default_scale(steps or own) if scale is None else scale
     return GuidanceConfig(energy=energy, scale=scale, solver=solver, steps=steps, grid=grid)
 
 
@@ -82,6 +83,28 @@ def train(
 
 @app.command()
 @friendly
+def distill(
+    model: str = typer.Argument(..., help="teacher checkpoint (from `fewstep-ts train`)"),
+    out: Path = typer.Option(..., help="student checkpoint stem to write (resumes from OUT.work)"),
+    dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
+    windows: Optional[int] = WINDOWS, timestamp_column: Optional[str] = TS_COL,
+    method: str = typer.Option("pd", help="core distillation method trained on data windows: pd (progressive), cd, ..."),
+    steps: int = typer.Option(4, help="the student's sampling steps (NFE per guided forecast)"),
+    iters: int = typer.Option(600, help="distillation iterations"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Distil the model into a few-step student; forecast with it via `fewstep-ts forecast OUT --solver auto`."""
+    from .distill import distill_tsdiff
+
+    den, cfg = _model(model, None)
+    data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, windows, timestamp_column)
+    student = distill_tsdiff(den, data.train, out, method=method, steps=steps, iters=iters, seed=seed)
+    typer.echo(f"distilled a {student.steps}-step {method} student; wrote {out}.safetensors and {out}.json "
+               f"(guidance scale for {steps} steps: `--scale` defaults to the step-count rule)")
+
+
+@app.command()
+@friendly
 def forecast(
     model: str = typer.Argument(..., help="checkpoint path (from `fewstep-ts train`)"),
     dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
@@ -99,7 +122,7 @@ def forecast(
 
     den, cfg = _model(model, None)
     data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, 1, timestamp_column)
-    table = forecast_future(den, data, _guidance(solver, steps, scale, energy), num_samples, plot, out_csv)
+    table = forecast_future(den, data, _guidance(solver, steps, scale, energy, den), num_samples, plot, out_csv)
     typer.echo(table)
 
 
@@ -151,7 +174,7 @@ def evaluate(
 
     den, cfg = _model(model, None)
     data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, windows, timestamp_column)
-    rows = {"tsdiff": metrics_only(run(tsdiff_predictor(den, _guidance(solver, steps, scale, energy), num_samples),
+    rows = {"tsdiff": metrics_only(run(tsdiff_predictor(den, _guidance(solver, steps, scale, energy, den), num_samples),
                                        data, num_samples, desc="tsdiff"))}
     rows["seasonal_naive"] = metrics_only(run(seasonal_naive(data), data, num_samples, desc="seasonal naive"))
     if deepar_epochs > 0:
