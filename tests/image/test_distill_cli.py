@@ -47,3 +47,14 @@ def test_shipped_trajectory_students_beat_the_teacher_at_their_nfe(name):
     assert s["nfe"] == student.steps
     assert s["dfd"] < t["dfd"], (s["dfd"], t["dfd"])
     assert s["accuracy"] > 0.9
+
+
+def test_distill_command_passes_the_classifier_reward(tmp_path):
+    out = tmp_path / "flash"
+    r = CliRunner().invoke(app, ["distill", "flash-dmd", "--teacher", "digits", "--steps", "1", "--out", str(out), "--iters", "2",
+                                 "--batch-size", "8", "--eval-n", "20", "-o", "reward_weight=0.02", "--reward", "classifier"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.with_suffix(".report.json").read_text())["objective"]["reward_weight"] == 0.02
+    r = CliRunner().invoke(app, ["distill", "flash-dmd", "--teacher", "digits", "--steps", "1", "--out", str(tmp_path / "f2"),
+                                 "--iters", "2", "--batch-size", "8", "--eval-n", "20", "-o", "reward_weight=0.02"])
+    assert r.exit_code != 0 and "reward" in r.output

@@ -124,6 +124,8 @@ def distill_cmd(
     eval_n: int = typer.Option(500, help="samples for the final report"),
     trajectories: Optional[int] = typer.Option(None, help="teacher trajectories to generate for trajectory-based methods (default 4096 digits, 1024 shapes)"),
     seed: int = typer.Option(0),
+    reward: Optional[str] = typer.Option(None, help="'classifier': the shipped classifier's log-probability of the class, "
+                                                   "for methods with a reward term (flash-dmd with -o reward_weight=0.02)"),
 ) -> None:
     """Distil a teacher into a few-step student; resumes if interrupted; prints and saves a report.
 
@@ -133,7 +135,7 @@ def distill_cmd(
 
     name = {"digits": "digits-teacher", "shapes": "shapes-teacher"}.get(teacher, teacher)
     run_distill(method, name, steps, out, iters=iters, batch_size=batch_size, lr=lr, options=parse_options(option),
-                work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo, trajectories=trajectories)
+                work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo, trajectories=trajectories, reward=reward)
     typer.echo(f"saved {out}.safetensors, {out}.json and {out}.report.json")
 
 
