@@ -23,6 +23,7 @@ from fewstep.core.distill import (  # noqa: E402
     TrajectoryConfig,
     distill,
     make_student,
+    make_objective,
     methods,
     teacher_trajectories,
     uniform_times,
@@ -58,6 +59,14 @@ def _cfg(steps=200, **kw):
 
 def test_registry_lists_the_trajectory_family():
     assert {"pd", "guided-pd", "cd", "mlcm", "hyper-sd", "scott", "slam", "scm", "rcm", "tbcm", "boot", "reflow", "slimflow", "arcflow"} <= set(methods())
+
+
+def test_registry_lists_the_distribution_family_and_every_method_builds():
+    family = {"dmd", "dmd2", "decoupled-dmd", "flash-dmd", "vsd", "sim", "uni-instruct", "disback", "tdm", "mmd-ddm", "msd"}
+    assert family <= set(methods())
+    for name in methods():
+        obj = make_objective(name)
+        assert obj.name == name and obj.data in ("real", "trajectory", "none"), name
 
 
 def test_student_rule_is_what_sample_uses_by_default():
