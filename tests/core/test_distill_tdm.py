@@ -70,9 +70,11 @@ def test_time_ranges_lie_in_each_steps_interval(steps, monkeypatch):
         assert float(t.max() - t.min()) > 0.9 * (hi - lo)  # the whole interval, not a point
     # The loss really uses them: DM times and fake-score times of step k fall in interval k.
     seen = {"dm": [], "fake": []}
-    dmd, den = tdm_mod.dmd_direction, tdm_mod.denoising_loss
+    dmd, den = tdm_mod.dmd_direction, tdm_mod.fake_score_loss
     monkeypatch.setattr(tdm_mod, "dmd_direction", lambda *a, **kw: seen["dm"].append(a[6]) or dmd(*a, **kw))
-    monkeypatch.setattr(tdm_mod, "denoising_loss", lambda f, x, c, t, g: seen["fake"].append(t) or den(f, x, c, t, g))
+    monkeypatch.setattr(
+        tdm_mod, "fake_score_loss", lambda f, x, c, g, t=None: seen["fake"].append(t) or den(f, x, c, g, t)
+    )
     obj.terms(module, batch(), torch.Generator().manual_seed(0))
     for k in range(steps):
         lo, hi = step_interval(sched, grid, k)

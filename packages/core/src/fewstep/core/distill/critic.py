@@ -63,10 +63,15 @@ def sample_times(schedule, n: int, generator: torch.Generator, lo: float = 0.02,
     return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device)
 
 
-def fake_score_loss(fake: Denoiser, x: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
-    """Denoising loss of the fake score on detached generated samples, per sample (B,)."""
+def fake_score_loss(
+    fake: Denoiser, x: Tensor, cond: Tensor | None, generator: torch.Generator, t: Tensor | None = None
+) -> Tensor:
+    """Denoising loss of the fake score on detached generated samples, per sample (B,), at times t
+    (B,) float64: drawn uniformly over the schedule's whole [t_min, t_max] when None (DMD), or given
+    (TDM's per-step intervals). Draws t (when None), then eps."""
     x = x.detach()
-    t = sample_times(fake.schedule, x.shape[0], generator, 0.0, 1.0, x.device)
+    if t is None:
+        t = sample_times(fake.schedule, x.shape[0], generator, 0.0, 1.0, x.device)
     eps = randn(x.shape, generator, x)
     alpha, sigma = fake.coefficients(t)
     target = from_x0_eps(x, eps, fake.prediction, alpha, sigma)

@@ -31,10 +31,11 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .base import Batch, DistillModule, Objective, noise_to, randn, uniform_times
+from .base import Batch, DistillModule, Objective, noise_to, randn
 from .critic import dmd_loss, fake_score_loss, make_fake_score, sample_times
 from .gan import Discriminator, gan_losses
 from .rewards import module_reward, reward_values
+from .rollout import student_samples, student_times
 
 TERMS = ("ca", "dm")
 
@@ -59,33 +60,16 @@ def _frac_to_t(schedule, f: float) -> float:
 
 
 # -- the student's own samples ---------------------------------------------------------------------
-def student_times(student: Denoiser) -> list[float]:
-    """The nonzero times a K-step student is called at (its sampler grid without the final 0)."""
-    grid = (student.sampler or {}).get("grid") or uniform_times(student.schedule, student.steps or 1)
-    return [float(t) for t in grid if t > 0][: max(1, student.steps or 1)]
-
-
 def backward_simulate(
     module: DistillModule, n: int, cond: Tensor | None, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """(x0, t): the student's samples after k = step % K + 1 of its consistency steps from pure noise
-    (DMD2's backward simulation), the gradient through the last call only, and the time t (B,) of
-    that last call. A 1-step student is x0 = G(sigma_max z, t_max) with t = t_max."""
-    student, sched = module.student, module.student.schedule
-    times = student_times(student)
-    k = int(module.step) % len(times) + 1
-    like = next(student.parameters())
-    x = randn((n, *module.teacher.sample_shape), generator, like.detach()) * float(sched.sigma(times[0]))
-    for i in range(k):
-        t = torch.full((n,), times[i], dtype=torch.float64, device=x.device)
-        last = i == k - 1
-        with torch.set_grad_enabled(last and torch.is_grad_enabled()):
-            x0 = student(x, t, cond)
-        if last:
-            return x0, t
-        s = torch.full((n,), times[i + 1], dtype=torch.float64, device=x.device)
-        x = noise_to(sched, x0.detach(), s, randn(x0.shape, generator, x0))
-    raise AssertionError("unreachable")
+    (DMD2's backward simulation, Yin et al. 2024b, Sec. 4.5; ``rollout.student_samples``), the
+    gradient through the last call only, and the time t (B,) of that last call. The trained step
+    cycles with ``module.step`` (no random draw for it). A 1-step student is x0 = G(sigma_max z, t_max)
+    with t = t_max."""
+    k = int(module.step) % len(student_times(module.student))
+    return student_samples(module, n, cond, generator, k=k)
 
 
 # -- the two directions ----------------------------------------------------------------------------

@@ -38,32 +38,20 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..denoiser import Denoiser, _bcast
-from .base import Batch, DistillModule, Objective, frozen_copy, randn, uniform_times
+from ..denoiser import Denoiser
+from .base import Batch, DistillModule, Objective, frozen_copy
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
+from .rollout import student_samples
 
 
 # -- the student's own samples (shared with the multi-student objective) --------------------------------
 def generate(module: DistillModule, batch: Batch, generator: torch.Generator, with_grad: bool = True) -> Tensor:
-    """Samples of the student, as it samples (consistency steps on its uniform grid from pure noise at
-    t_max). A K-step student runs a random number k < K of steps without gradient and the (k+1)-th
-    with it (DMD2's backward simulation, Yin et al. 2024b), so every step it takes is trained.
+    """Samples of the student, as it samples (consistency steps on its own grid from pure noise at
+    t_max, ``rollout.student_samples``). A K-step student runs a random number k < K of steps without
+    gradient (one k per batch, drawn even for K = 1) and the (k+1)-th with it when ``with_grad``
+    (DMD2's backward simulation, Yin et al. 2024b, Sec. 4.5), so every step it takes is trained.
     Shape (B, *sample_shape)."""
-    student, sched = module.student, module.student.schedule
-    p = next(iter(student.parameters()), None)
-    like = torch.empty(0, device=p.device if p is not None else "cpu")
-    shape = (batch.size, *module.teacher.sample_shape)
-    grid = uniform_times(sched, student.steps or 1)[:-1]  # K times from t_max
-    k = int(torch.randint(0, len(grid), (), generator=generator))
-    x = randn(shape, generator, like) * float(sched.sigma(torch.tensor(grid[0], dtype=torch.float64)))
-    for i in range(k + 1):
-        t = torch.full((shape[0],), grid[i], dtype=torch.float64, device=x.device)
-        with torch.set_grad_enabled(with_grad and i == k):
-            x0 = student(x, t, batch.cond)
-        if i < k:  # re-noise to the next grid time (consistency sampling, Song et al. 2023, Alg. 1)
-            s = torch.full_like(t, grid[i + 1])
-            x = _bcast(sched.alpha(s), x0) * x0.detach() + _bcast(sched.sigma(s), x0) * randn(x0.shape, generator, x0)
-    return x0
+    return student_samples(module, batch.size, batch.cond, generator, grad=with_grad)[0]
 
 
 @dataclass(frozen=True)

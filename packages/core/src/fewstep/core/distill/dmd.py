@@ -15,7 +15,7 @@ on every ``critic_updates``-th, Sec. 4.2); a GAN head on the fake score's bottle
 non-saturating on real data against generated samples noised to the same t (Sec. 4.3,
 ``critic.FakeScoreGAN``); and K-step students on a fixed grid trained with backward simulation:
 the training input at step k comes from the student's own K-step sampling from noise (Sec. 4.5,
-:func:`backward_simulation`), so training sees what inference sees.
+``rollout.backward_simulation``), so training sees what inference sees.
 
 Both train the fake score in the same optimiser step as the generator (one AdamW over the module):
 the DM and generator-GAN terms reach the generator only, the denoising and discriminator terms the
@@ -35,6 +35,7 @@ from ..denoiser import Denoiser
 from .base import Batch, DistillModule, Objective, mse, noise_to, pseudo_huber, randn
 from .critic import FakeScoreGAN, dmd_direction, dmd_loss, fake_score_for, fake_score_loss, sample_times
 from .gan import gan_losses
+from .rollout import backward_simulation, draw_steps, pure_noise
 
 DISTANCES = {"mse": mse, "pseudo_huber": pseudo_huber}
 
@@ -48,13 +49,6 @@ def fake_score(module: DistillModule) -> Denoiser:
     """The fake-score Denoiser of a module whose critic is a Denoiser or a :class:`FakeScoreGAN`."""
     c = module.critic
     return c.fake if isinstance(c, FakeScoreGAN) else c
-
-
-def pure_noise(student: Denoiser, like: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(z sigma(t_max), t_max (B,)): the one-step generator's input."""
-    sched = student.schedule
-    t = torch.full((like.shape[0],), float(sched.t_max), dtype=torch.float64, device=like.device)
-    return randn(like.shape, generator, like) * float(sched.sigma(t[:1])), t
 
 
 def dm_term(
@@ -117,7 +111,7 @@ class DMD(Objective):
         z, t_z = batch.traj[:, 0], batch.traj_t[:, 0].to(torch.float64)
         reg = DISTANCES[self.distance](student(z, t_z, cond), batch.x0)
         # Distribution matching on fresh one-step samples (Eq. 7-8).
-        noise, t_max = pure_noise(student, batch.x0, generator)
+        noise, t_max = pure_noise(student, batch.x0.shape, generator, batch.x0)
         x = student(noise, t_max, cond)
         dm = dm_term(module, x, cond, generator, self.t_lo, self.t_hi)
         critic = fake_score_loss(module.critic, x, cond, generator)  # detaches x
@@ -128,34 +122,14 @@ class DMD(Objective):
 
 
 # -- DMD2 -----------------------------------------------------------------------------------------
-@torch.no_grad()
-def backward_simulation(
-    student: Denoiser, z: Tensor, k: Tensor, grid: Tensor, cond: Tensor | None, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """DMD2's backward simulation (Sec. 4.5): the state at grid time t_k (per sample, k (B,)) that the
-    student's own K-step consistency sampling reaches from ``z`` (noise already scaled by
-    sigma(t_0)): x0 = G(x, t_j), then x = alpha_{j+1} x0 + sigma_{j+1} eps with fresh eps, for j < k.
-    One fresh noise of the batch's shape per stage, in stage order (as ``sample_consistency`` draws
-    it). Returns (x_k, t_k (B,) float64)."""
-    grid = torch.as_tensor(grid, dtype=torch.float64, device=z.device)
-    sched, n, x = student.schedule, z.shape[0], z
-    k = k.to(z.device)
-    for j in range(int(k.max()) if n else 0):
-        x0 = student(x, grid[j].expand(n), cond)
-        s = grid[j + 1]
-        x_next = sched.alpha(s).to(x0.dtype) * x0 + sched.sigma(s).to(x0.dtype) * randn(x0.shape, generator, x0)
-        x = torch.where((k > j).view(-1, *([1] * (x.ndim - 1))), x_next, x)
-    return x, grid[k]
-
-
 @dataclass(frozen=True)
 class DMD2(Objective):
     """DMD2 (Yin et al. 2024b): DM term + GAN, no regression; real data (data = "real").
 
     Per step: k ~ U{0..K-1} per sample on the student's grid (uniform, [t_max, ..., 0]); x_k from the
-    student's own rollout (:func:`backward_simulation`; x_0 = pure noise); x = G(x_k, t_k). The fake
-    score (``module.critic``, a :class:`~fewstep.core.distill.critic.FakeScoreGAN`: teacher copy +
-    head on its bottleneck) always trains: denoising on sg(x) + ``disc_weight`` * the head's
+    student's own rollout (``rollout.backward_simulation``, DMD2 Sec. 4.5; x_0 = pure noise);
+    x = G(x_k, t_k), the only call with gradient. The fake score (``module.critic``, a
+    :class:`~fewstep.core.distill.critic.FakeScoreGAN`: teacher copy + head on its bottleneck) always trains: denoising on sg(x) + ``disc_weight`` * the head's
     non-saturating loss on real x0 vs sg(x), both noised to the same t ~ U[t_lo, t_hi]. The generator
     trains on every ``critic_updates``-th step only (two time-scale rule; ``module.step`` decides):
     DM term + ``gan_weight`` * the GAN generator loss; on the other steps its terms are absent
@@ -215,8 +189,8 @@ class DMD2(Objective):
         """(x_k, t_k, k): the generator's training inputs by backward simulation, k ~ U{0..K-1}."""
         student = module.student
         grid = self.grid(student).to(like.device)
-        k = torch.randint(0, len(grid) - 1, (like.shape[0],), generator=generator)
-        z, _ = pure_noise(student, like, generator)
+        k = draw_steps(len(grid) - 1, generator, like.shape[0])  # one step per row
+        z, _ = pure_noise(student, like.shape, generator, like)
         x_k, t_k = backward_simulation(student, z, k, grid, cond, generator)
         return x_k, t_k, k
 

@@ -42,8 +42,8 @@ from ..io import CheckpointError, checkpoint_paths, load_weights, read_card, sav
 from ..nets import is_fewstep_net
 from .base import Batch, DistillModule, Objective, StudentSpec, copy_net
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
-from .disback import generate
 from .reflow import smaller_net
+from .rollout import student_samples
 from .runner import DistillConfig, DistillResult, distill
 
 
@@ -120,7 +120,7 @@ class MSD(Objective):
         p = next(iter(module.student.parameters()))
         cond = self.own(module, batch.size, generator, p.device)
         batch = Batch(x0=None, cond=cond, n=batch.size)
-        x = generate(module, batch, generator, with_grad=True)  # one step from noise at t_max
+        x, _ = student_samples(module, batch.size, batch.cond, generator)  # one step from noise at t_max
         direction = dmd_direction(module.teacher, module.critic, x, cond, generator, module.teacher_guidance)
         return dmd_loss(x, direction) + fake_score_loss(module.critic, x.detach(), cond, generator)
 

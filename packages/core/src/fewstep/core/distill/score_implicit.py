@@ -24,33 +24,22 @@ import torch
 from torch import Tensor
 
 from ..denoiser import _bcast
-from .base import Batch, DistillModule, Objective, noise_to, randn, uniform_times
+from .base import Batch, DistillModule, Objective, noise_to, randn
 from .critic import dmd_loss, fake_score_for, fake_score_loss, sample_times
 from .gan import Discriminator, gan_losses
+from .rollout import student_samples, student_times
 
 F_DIVERGENCES = ("reverse-kl", "kl", "jensen-shannon")
 
 
 # -- shared pieces ----------------------------------------------------------------------------------
 def generate(module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
-    """The student's samples from pure noise at t_max (B, *sample_shape), by backward simulation: k+1
-    consistency steps on its own grid (k uniform in 0..K-1 for a K-step student), gradient through the
-    last call only (earlier steps detached and re-noised, Song et al. 2023, Alg. 1)."""
-    student, sched = module.student, module.student.schedule
-    p = next(student.parameters())
-    like = torch.empty((), device=p.device, dtype=p.dtype)
-    shape = (batch.size, *module.teacher.sample_shape)
-    grid = (student.sampler or {}).get("grid") or uniform_times(sched, student.steps or 1)
-    k = int(torch.randint(0, len(grid) - 1, (), generator=generator)) if len(grid) > 2 else 0
-    x = randn(shape, generator, like) * float(sched.sigma(torch.tensor(grid[0], dtype=torch.float64)))
-    for i in range(k + 1):
-        t = torch.full((shape[0],), float(grid[i]), dtype=torch.float64, device=p.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and i == k):
-            x0 = student(x, t, batch.cond)
-        if i < k:
-            s = torch.full_like(t, float(grid[i + 1]))
-            x = _bcast(sched.alpha(s), x0) * x0.detach() + _bcast(sched.sigma(s), x0) * randn(shape, generator, like)
-    return x0
+    """The student's samples from pure noise at t_max (B, *sample_shape), by backward simulation
+    (DMD2, Yin et al. 2024b, Sec. 4.5; ``rollout.student_samples``): k+1 consistency steps on its own
+    grid (k uniform in 0..K-1, one per batch, for a K-step student; no draw for a one-step one),
+    gradient through the last call only (earlier steps detached and re-noised, Song et al. 2023, Alg. 1)."""
+    one_step = len(student_times(module.student)) == 1
+    return student_samples(module, batch.size, batch.cond, generator, k=0 if one_step else None)[0]
 
 
 def fake_eval(fake, x_t: Tensor, t: Tensor, cond: Tensor | None, guidance: float = 1.0) -> Tensor:

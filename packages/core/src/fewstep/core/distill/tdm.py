@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, from_x0_eps
-from .base import Batch, DistillModule, Objective, noise_to, randn, uniform_times
-from .critic import dmd_direction, dmd_loss, make_fake_score
-from .steps import ddim_jump
+from ..denoiser import Denoiser
+from .base import Batch, DistillModule, Objective, uniform_times
+from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
+from .rollout import next_state, param_like, pure_noise
 
 
 def step_interval(schedule, grid: list[float], k: int) -> tuple[float, float]:
@@ -46,16 +46,6 @@ def interval_times(schedule, grid: list[float], k: int, n: int, generator: torch
     lo, hi = step_interval(schedule, grid, k)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     return (lo + (hi - lo) * u).to(device)
-
-
-def denoising_loss(fake: Denoiser, x: Tensor, cond: Tensor | None, t: Tensor, generator: torch.Generator) -> Tensor:
-    """The fake score's denoising loss on detached samples x at given times t, per sample (B,)."""
-    x = x.detach()
-    eps = randn(x.shape, generator, x)
-    alpha, sigma = fake.coefficients(t)
-    target = from_x0_eps(x, eps, fake.prediction, alpha, sigma)
-    pred = fake(noise_to(fake.schedule, x, t, eps), t, cond, kind=fake.prediction)
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 @dataclass(frozen=True)
@@ -98,12 +88,8 @@ class TDM(Objective):
         interval k), each (B,)."""
         student, sched, cond = module.student, module.student.schedule, batch.cond
         grid = self.grid(module)
-        p = next(iter(student.parameters()), None)
-        like = torch.empty(0, device=p.device if p is not None else "cpu")
         n = batch.size
-        x = randn((n, *module.teacher.sample_shape), generator, like) * float(
-            sched.sigma(torch.tensor(grid[0], dtype=torch.float64))
-        )
+        x, _ = pure_noise(student, (n, *module.teacher.sample_shape), generator, param_like(student), grid[0])
         out: dict[str, list[Tensor]] = {"dm": [], "critic": []}
         for k in range(len(grid) - 1):
             t_k = torch.full((n,), grid[k], dtype=torch.float64, device=x.device)
@@ -112,9 +98,10 @@ class TDM(Objective):
             direction = dmd_direction(module.teacher, module.critic, x0_k, cond, generator, module.teacher_guidance, t)
             out["dm"].append(self.dm_weight * dmd_loss(x0_k, direction))
             t_fake = interval_times(sched, grid, k, n, generator, x.device)
-            out["critic"].append(denoising_loss(module.critic, x0_k, cond, t_fake, generator))
+            out["critic"].append(fake_score_loss(module.critic, x0_k, cond, generator, t=t_fake))
             # DDIM to the next grid time (Song et al. 2021, Eq. 12), the state detached.
-            x = ddim_jump(sched, x.detach(), x0_k.detach(), t_k, torch.full_like(t_k, grid[k + 1]))
+            s = torch.full_like(t_k, grid[k + 1])
+            x = next_state(sched, x.detach(), x0_k.detach(), t_k, s, generator, rule="ddim")
         return out
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
@@ -122,4 +109,4 @@ class TDM(Objective):
         return sum(terms["dm"]) + sum(terms["critic"])
 
 
-__all__ = ["TDM", "denoising_loss", "interval_times", "step_interval"]
+__all__ = ["TDM", "interval_times", "step_interval"]
