@@ -40,7 +40,8 @@ class Family:
     methods: tuple[str, ...]
     intro: str
     train_steps: dict[str, int] = field(default_factory=dict)  # method -> K (default 1)
-    lr: dict[str, float] = field(default_factory=dict)  # method -> learning rate (default BUDGET's)
+    lr: dict[str, float] = field(default_factory=dict)  # method -> learning rate (default base_lr)
+    base_lr: float | None = None  # the family's learning rate (None: BUDGET's 5e-5)
     goals: Callable[[dict, list[dict]], list[str]] | None = None
     extras: Callable[[object, str], dict] | None = None  # (objective, teacher) -> extra distill() kwargs (a reward)
     options: dict[str, dict] = field(default_factory=dict)  # method -> default objective options (--option overrides)
@@ -83,7 +84,7 @@ def run_parallel(fam: Family, args: argparse.Namespace, methods: list[str]) -> N
                 m = pending.pop(0)
                 cmd = [sys.executable, fam.script, "--teacher", args.teacher, "--methods", m, "--db", f"{tmp}/{m}.json", "--no-render",
                        "--run-name", args.run_name or db_path.stem,
-                       "--n", str(args.n), "--iters", str(args.iters), "--batch", str(args.batch), *sum((["--option", o] for o in args.option), [])]
+                       "--n", str(args.n), "--iters", str(args.iters), "--batch", str(args.batch), *(["--lr", str(args.lr)] if args.lr else []), *sum((["--option", o] for o in args.option), [])]
                 running[m] = subprocess.Popen(cmd, stdout=open(logs / f"{args.teacher}-{m}.log", "w"), stderr=subprocess.STDOUT, env=env)
             time.sleep(1)
             for m, proc in list(running.items()):
@@ -123,7 +124,8 @@ def baseline(teacher: str, n: int) -> dict:
     return out
 
 
-def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch: int, options: dict, runs: Path = RUNS) -> dict:
+def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch: int, options: dict, runs: Path = RUNS,
+               lr: float | None = None) -> dict:
     from fewstep.core.distill import DistillConfig, distill, make_objective
     from fewstep.image.data import load_dataset
     from fewstep.image.distill import BUDGET, TRAJECTORIES
@@ -134,7 +136,7 @@ def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch
     base, _, at = method.partition("@")  # "dmd2@4": dmd2 trained as a 4-step student
     objective = make_objective(base, **{**fam.options.get(base, {}), **options})
     k = int(at) if at else fam.train_steps.get(base, 1)
-    cfg = DistillConfig(steps=k, train=replace(BUDGET, **fam.train, steps=iters, batch_size=batch, lr=fam.lr.get(base, BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
+    cfg = DistillConfig(steps=k, train=replace(BUDGET, **fam.train, steps=iters, batch_size=batch, lr=lr or fam.lr.get(base, fam.base_lr or BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
     data = load_dataset(teacher, "train") if objective.data == "real" else None
     extras = fam.extras(objective, teacher) if fam.extras else {}
     out = runs / teacher / method
@@ -234,6 +236,7 @@ def main(fam: Family, doc: str = "") -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--iters", type=int, default=600)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="learning rate for every method of this run (default: the family's)")
     p.add_argument("--option", action="append", default=[], help="method:key=value")
     p.add_argument("--render", action="store_true")
     p.add_argument("--no-render", action="store_true", help="do not rewrite the markdown")
@@ -259,7 +262,7 @@ def main(fam: Family, doc: str = "") -> None:
                 from fewstep.image.distill import parse_options
 
                 opts.update(parse_options([kv]))
-        row = run_method(fam, a.teacher, method, a.n, a.iters, a.batch, opts, RUNS / (a.run_name or db_path.stem))
+        row = run_method(fam, a.teacher, method, a.n, a.iters, a.batch, opts, RUNS / (a.run_name or db_path.stem), a.lr)
         db = _load(db_path)  # other runs may have written meanwhile
         db["rows"][f"{a.teacher}/{method}"] = row
         _save(db, db_path)
