@@ -73,7 +73,8 @@ def main() -> None:
             f"{res['context_length']}, lags {res['lags']}, {res['scaling']} scaling, {res['test_windows']} test windows)", "",
             f"TSDiff: {res['params']} parameters, {res['train_steps']} training steps"
             + (" (reused from an earlier run's checkpoint in --runs)." if res["resumed"] else f" in {res['train_seconds']:.0f} s.")
-            + "".join(f" Student {k}: {res['student_iters']} distillation iterations, {sec:.0f} s (0 s: reused)."
+            + "".join(f" Student {k}: {res['student_iters']} distillation iterations"
+                      + (" (reused from --runs)." if sec < 5 else f", {sec:.0f} s.")
                       for k, sec in res["student_seconds"].items()),
             "",
             res["table"], "", *[f"- {g}" for g in goals(res)], "",
