@@ -117,6 +117,18 @@ def test_sampler_and_boundary_round_trip_through_checkpoints(tmp_path):
     assert torch.allclose(sample(back, x, cond=torch.tensor([0, 1]), generator=g()), sample(student.eval(), x, cond=torch.tensor([0, 1]), generator=g()), atol=1e-5)
 
 
+def test_student_prediction_overrides_the_output_parametrisation(tmp_path):
+    """A one-step generator may predict v (well conditioned at t_max) while the teacher predicts eps."""
+    teacher = tiny_unet_denoiser()
+    cfg = DistillConfig(steps=1, student_prediction="v",
+                        train=TrainConfig(steps=1, batch_size=4, lr=1e-5, warmup_steps=1, progress=False, ckpt_every=1))
+    x, y = torch.randn(8, 1, 8, 8).clamp(-1, 1), torch.arange(8) % 3
+    res = distill(teacher, make_objective("cd"), cfg, tmp_path / "s", data=(x, y), progress=False)
+    assert res.student.prediction == "v" and load_denoiser(tmp_path / "s").prediction == "v"
+    with pytest.raises(ValueError, match="student_prediction"):
+        DistillConfig(steps=1, student_prediction="score")
+
+
 def test_recorded_trajectory_ends_at_the_solvers_sample():
     teacher = gmm_teacher()
     cfg = TrajectoryConfig(n=64, steps=8, batch_size=64, seed=3)
