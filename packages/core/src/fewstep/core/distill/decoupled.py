@@ -145,6 +145,7 @@ class DecoupledDMD(Objective):
     """
 
     name: ClassVar[str] = "decoupled-dmd"
+    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "none"
     paper: ClassVar[str] = (
         "Liu et al. 2025, Decoupled DMD: CFG Augmentation as the Spear, Distribution Matching as the Shield"
@@ -253,6 +254,7 @@ class FlashDMD(Objective):
     """
 
     name: ClassVar[str] = "flash-dmd"
+    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "real"
     paper: ClassVar[str] = (
         "Chen et al. 2025, Flash-DMD: Towards High-Fidelity Few-Step Image Generation with Efficient Distillation and Joint Reinforcement Learning"

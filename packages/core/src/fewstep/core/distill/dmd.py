@@ -75,6 +75,7 @@ class DMD(Objective):
     """
 
     name: ClassVar[str] = "dmd"
+    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "trajectory"
     paper: ClassVar[str] = "Yin et al. 2024, One-step Diffusion with Distribution Matching Distillation"
 
@@ -142,6 +143,7 @@ class DMD2(Objective):
     """
 
     name: ClassVar[str] = "dmd2"
+    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "real"
     skips_parameters: ClassVar[bool] = True  # critic-only steps leave the student without gradients
     paper: ClassVar[str] = "Yin et al. 2024b, Improved Distribution Matching Distillation for Fast Image Synthesis"

@@ -34,9 +34,10 @@ class DistillConfig:
     teacher_guidance: float = 1.0
     trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     use_ema: bool = True  # ship the EMA of the student weights (else the last iterate)
-    # The student's output parametrisation when it should differ from the teacher's (and the
-    # objective's): "v" or "x0" keep a one-step generator well conditioned at t_max, where an
-    # eps-prediction's x0 = (x - sigma eps) / alpha divides by alpha(t_max) ~ 0.006 (VP).
+    # The student's output parametrisation when it should differ from the teacher's (None: the
+    # objective's default, Objective.student_prediction): "v" or "x0" keep a one-step generator
+    # well conditioned at t_max, where an eps-prediction's x0 = (x - sigma eps) / alpha divides by
+    # alpha(t_max) ~ 0.006 (VP).
     student_prediction: str | None = None
 
     def __post_init__(self):
@@ -125,8 +126,9 @@ def distill(
     spec = objective.student_spec(teacher)
     if student_net is not None:
         spec = replace(spec, net=student_net)
-    if cfg.student_prediction is not None:
-        spec = replace(spec, prediction=cfg.student_prediction)
+    prediction = cfg.student_prediction or (objective.student_prediction if teacher.prediction == "eps" else None)
+    if prediction is not None:
+        spec = replace(spec, prediction=prediction)
     student = make_student(teacher, spec, cfg.steps, objective.sampler(teacher, cfg.steps))
     module = DistillModule(teacher, student, objective, cfg.train.steps, cfg.teacher_guidance).to(device)
     if reward is not None:
