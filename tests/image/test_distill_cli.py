@@ -36,7 +36,7 @@ def test_distill_command_rejects_unknown_methods_and_options(tmp_path):
     assert r.exit_code != 0 and "unknown options" in r.output
 
 
-@pytest.mark.parametrize("name", ["digits-traj-1step", "digits-traj-4step"])
+@pytest.mark.parametrize("name", ["digits-traj-1step", "digits-traj-4step", "digits-dist-1step"])
 def test_shipped_trajectory_students_beat_the_teacher_at_their_nfe(name):
     if name not in shipped_names():
         pytest.skip(f"{name} is not shipped in this checkout")
