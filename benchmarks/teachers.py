@@ -11,7 +11,6 @@ import argparse
 import sys
 import time
 
-import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import DOCS, machine, table  # noqa: E402

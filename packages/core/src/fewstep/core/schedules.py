@@ -9,7 +9,7 @@ is what a network is fed: a DDPM-like 0..1000 scale for every schedule, so one b
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
