@@ -96,3 +96,18 @@ def sliced_wasserstein(a, b, n_proj=64, seed=0):
     idx_a = torch.linspace(0, len(pa) - 1, n).long()
     idx_b = torch.linspace(0, len(pb) - 1, n).long()
     return float((pa[idx_a] - pb[idx_b]).abs().mean())
+
+
+class LearnableMeansGMM(GaussianMixtureNet):
+    """The exact GMM teacher with its means as parameters, so copies of it (a fake score, a
+    degradation path, a fine-tuned sampler) can learn."""
+
+    def __init__(self, means, std, schedule):
+        super().__init__(means, std, schedule)
+        self.means = nn.Parameter(self._buffers.pop("means"))
+
+
+def learnable_gmm_teacher(num_classes: int = 4) -> Denoiser:
+    """The 2-D mixture teacher (x0-prediction, exact) with learnable means; num_classes=0: unconditional."""
+    sched = VPDiscrete()
+    return Denoiser(LearnableMeansGMM(MEANS, 0.1, sched), sched, "x0", sample_shape=(2,), num_classes=num_classes).eval()

@@ -7,33 +7,21 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
-from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, distill, make_student
 from fewstep.core.distill.base import Batch, DistillModule
 from fewstep.core.distill.critic import fake_score_loss
 from fewstep.core.distill.disback import DisBack, generate
-from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
 
-from .distill_toys import MEANS, GaussianMixtureNet, MLPNet, sliced_wasserstein
+from .distill_toys import learnable_gmm_teacher, MLPNet, sliced_wasserstein
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class LearnableMeansGMM(GaussianMixtureNet):
-    """The exact GMM teacher with its means as parameters, so the fake score / path copies can learn."""
-
-    def __init__(self, means, std, schedule):
-        super().__init__(means, std, schedule)
-        self.means = nn.Parameter(self._buffers.pop("means"))
-
-
 def teacher():
-    sched = VPDiscrete()
-    return Denoiser(LearnableMeansGMM(MEANS, 0.1, sched), sched, "x0", sample_shape=(2,), num_classes=4).eval()
+    return learnable_gmm_teacher(4)
 
 
 def module_for(obj, total, seed=0):

@@ -7,32 +7,20 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, distill
 from fewstep.core.distill.base import DistillModule, make_student
 from fewstep.core.distill.mmd import MMDDDM, RandomProjection, gaussian_mmd2
-from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
 
-from .distill_toys import MEANS, GaussianMixtureNet, gmm_data
+from .distill_toys import learnable_gmm_teacher, gmm_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class LearnableMeansGMM(GaussianMixtureNet):
-    """The exact GMM teacher with its means as parameters, so its copy can be fine-tuned."""
-
-    def __init__(self, means, std, schedule):
-        super().__init__(means, std, schedule)
-        self.means = nn.Parameter(self._buffers.pop("means"))
-
-
 def teacher():
-    sched = VPDiscrete()
-    return Denoiser(LearnableMeansGMM(MEANS, 0.1, sched), sched, "x0", sample_shape=(2,)).eval()
+    return learnable_gmm_teacher(0)
 
 
 def test_mmd_is_zero_for_identical_sets_and_grows_with_a_shift():
