@@ -102,7 +102,7 @@ class LearnableMeansGMM(GaussianMixtureNet):
     """The exact GMM teacher with its means as parameters, so copies of it (a fake score, a
     degradation path, a fine-tuned sampler) can learn."""
 
-    def __init__(self, means, std, schedule):
+    def __init__(self, means, std=0.1, schedule=None):
         super().__init__(means, std, schedule)
         self.means = nn.Parameter(self._buffers.pop("means"))
 

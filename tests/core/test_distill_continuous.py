@@ -31,7 +31,7 @@ from fewstep.core.schedules import EDM, RectifiedFlow, VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
 
-from .distill_toys import MEANS, GaussianMixtureNet, MLPNet, gmm_data, gmm_teacher, sliced_wasserstein
+from .distill_toys import LearnableMeansGMM, MEANS, GaussianMixtureNet, MLPNet, gmm_data, gmm_teacher, sliced_wasserstein
 from .tiny import tiny_unet_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,15 +205,6 @@ def test_rcm_gradients_student_terms_and_critic_term_are_separate():
 
 
 # -- a short run on the 2-D toy moves the 1-step student toward the teacher ----------------------------
-class LearnableMeansGMM(GaussianMixtureNet):
-    """The exact GMM teacher with its means as parameters, so rCM's fake-score copy can learn."""
-
-    def __init__(self, means, std, schedule):
-        super().__init__(means, std, schedule)
-        means = self._buffers.pop("means")
-        self.means = nn.Parameter(means)
-
-
 def _toy_run(tmp_path, method, steps, lr, **opts):
     teacher = gmm_teacher()
     if method == "rcm":

@@ -26,7 +26,7 @@ from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
 
-from .distill_toys import MEANS, GaussianMixtureNet, MLPNet
+from .distill_toys import LearnableMeansGMM, MEANS, MLPNet
 from .tiny import tiny_unet_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,14 +63,6 @@ def const_router(partition):
         for j in range(len(partition))
     ]
     return StudentRouter(students, partition)
-
-
-class LearnableMeansGMM(GaussianMixtureNet):
-    """The exact GMM teacher with its means as parameters, so the fake-score copies can learn."""
-
-    def __init__(self, means, std, schedule):
-        super().__init__(means, std, schedule)
-        self.means = nn.Parameter(self._buffers.pop("means"))
 
 
 def gmm_teacher():

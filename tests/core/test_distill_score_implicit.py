@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
 from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.denoiser import Denoiser
@@ -21,18 +20,10 @@ from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
 
-from .distill_toys import MEANS, GaussianMixtureNet, MLPNet, gmm_data, gmm_teacher, mode_coverage, sliced_wasserstein
+from .distill_toys import LearnableMeansGMM, MEANS, GaussianMixtureNet, MLPNet, gmm_data, gmm_teacher, mode_coverage, sliced_wasserstein
 from .tiny import tiny_unet_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class LearnableMeansGMM(GaussianMixtureNet):
-    """The exact mixture teacher with its means as parameters, so the fake score is a copy of it."""
-
-    def __init__(self, means, std=0.1, schedule=None):
-        super().__init__(means, std, schedule)
-        self.means = nn.Parameter(self._buffers.pop("means"))
 
 
 def _gmm_param_teacher(means=MEANS, std=0.1) -> Denoiser:
