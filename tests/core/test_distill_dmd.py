@@ -341,4 +341,4 @@ def test_options_are_validated():
             DMD2(**bad)
     with pytest.raises(ValueError, match="one-step"):
         _module(DMD(), steps=2)
-    assert DMD2().lr_scales() == {} and isinstance(_module(DMD2(gan_weight=0.0))[1].critic, Denoiser)
+    assert DMD2().lr_scales() == {"critic": 1.0} and isinstance(_module(DMD2(gan_weight=0.0))[1].critic, Denoiser)

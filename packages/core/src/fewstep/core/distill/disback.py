@@ -97,7 +97,7 @@ class DisBack(Objective):
         module.path = nn.ModuleList(frozen_copy(module.critic) for _ in range(self.path_size))
 
     def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     # -- the schedule -----------------------------------------------------------------------------------
     def record_steps(self, module: DistillModule) -> int:

@@ -101,7 +101,7 @@ class DMD(Objective):
         module.critic = fake_score_for(module.teacher, module.student)
 
     def lr_scales(self) -> dict[str, float]:
-        return {} if self.critic_lr_scale == 1.0 else {"critic": self.critic_lr_scale}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     def terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample parts: "dm" and "reg" train the generator, "critic" the fake score."""
@@ -172,7 +172,7 @@ class DMD2(Objective):
         module.critic = FakeScoreGAN(fake, self.head_width) if self.gan else fake
 
     def lr_scales(self) -> dict[str, float]:
-        return {} if self.critic_lr_scale == 1.0 else {"critic": self.critic_lr_scale}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     def generator_step(self, module: DistillModule) -> bool:
         """Whether this step trains the generator (steps 0, r, 2r, ... of r = ``critic_updates``)."""

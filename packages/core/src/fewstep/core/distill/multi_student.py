@@ -110,7 +110,7 @@ class MSD(Objective):
         module.critic = make_fake_score(module.teacher).requires_grad_(True)
 
     def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     def own(self, module: DistillModule, n: int, generator: torch.Generator, device) -> Tensor:
         """n labels drawn uniformly from this student's slice (the batch's own labels cover every class)."""

@@ -112,7 +112,7 @@ class VSD(Objective):
         module.critic = fake_score_for(module.teacher, module.student)
 
     def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     def guidance_scales(self, module: DistillModule, generator: torch.Generator) -> tuple[float, float]:
         """(teacher, fake score) CFG scales for this batch; SNOOPI draws one w ~ U[lo, hi] for both."""
@@ -238,7 +238,7 @@ class SIM(Objective):
         module.critic = fake_score_for(module.teacher, module.student)
 
     def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     def terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample parts: "gen" trains the student only, "critic" the fake score only."""
@@ -312,7 +312,7 @@ class UniInstruct(VSD):
             module.disc = Discriminator(t.sample_shape, t.num_classes or 0, self.disc_width)
 
     def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale, "disc": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
+        return {"critic": self.critic_lr_scale, "disc": self.critic_lr_scale}
 
     def log_ratio(self, module: DistillModule, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """log r = log p_t / q_t at x_t from the discriminator's logit (B,), clipped."""

@@ -74,7 +74,7 @@ class TDM(Objective):
         module.critic = make_fake_score(module.teacher).requires_grad_(True)  # trainable even for foreign nets
 
     def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale} if self.critic_lr_scale != 1.0 else {}
+        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
 
     def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
         """K DDIM steps through the student's own grid, the last one to t = 0 (its x0)."""
