@@ -53,8 +53,8 @@ def default_scale(steps: int | None) -> float:
     """Guidance scale for a step count: 4 at 50+ steps, 2 at 20-49, 1 at 10-19, 0.5 at 5-9, 0.1 below.
 
     A coarser grid takes a proportionally larger guidance step per call, and too large a step
-    overshoots the observations. Measured on complex_seasonal (30 samples, DDIM; see
-    docs/timeseries.md): at 4 steps CRPS 0.087 / 0.113 / 0.229 / 0.39 for scales 0.1 / 0.25 / 0.5 / 1,
+    overshoots the observations. Measured on complex_seasonal (30 samples, DDIM;
+    benchmarks/timeseries_scales.py, docs/benchmarks/timeseries_scales.md): at 4 steps CRPS 0.087 / 0.113 / 0.229 / 0.39 for scales 0.1 / 0.25 / 0.5 / 1,
     at 8 steps 0.094 / 0.096 / 0.090 for 0.1 / 0.25 / 0.5, at 10 steps 0.095 / 0.090 / 0.087 for
     0.25 / 0.5 / 1, at 20 steps 0.089 / 0.083 / 0.081 for 0.5 / 1 / 2."""
     n = steps or 100
