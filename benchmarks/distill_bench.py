@@ -178,8 +178,9 @@ def render(fam: Family, db: dict) -> str:
         machines.setdefault(r.get("machine", "?"), []).append(key)
     gpu = any(m.startswith("GPU") for m in machines)
     lines = [
-        f"# {fam.title}",
+        f"# {db['title']}" if db.get("title") else f"# {fam.title}",
         "",
+        *([db["note"], ""] if db.get("note") else []),
         fam.intro,
         "",
         "Training seconds were measured with several jobs sharing the machine (`--jobs`; on the GPU 14 processes "
@@ -244,6 +245,7 @@ def main(fam: Family, doc: str = "") -> None:
     p.add_argument("--db", default=str(fam.json), help="the JSON the rows accumulate in (and the markdown is rendered from)")
     p.add_argument("--run-name", default="", help="runs/distill/NAME holds the checkpoints (default: the db's name)")
     p.add_argument("--jobs", type=int, default=1, help="methods trained at once, each in its own process")
+    p.add_argument("--label", default="", help="the row's name instead of the method's (a probe: one method, changed options)")
     a = p.parse_args()
     db_path = Path(a.db)
     md = db_path.with_suffix(".md")
@@ -252,6 +254,8 @@ def main(fam: Family, doc: str = "") -> None:
         db = _load(db_path)
         db["teacher"][a.teacher] = {"rows": baseline(a.teacher, a.n), "machine": machine()}
         _save(db, db_path)
+    if a.label and len(names) != 1:
+        p.error("--label names one row: give exactly one method")
     if a.jobs > 1 and len(names) > 1:
         run_parallel(fam, a, names)
         names = []
@@ -264,8 +268,10 @@ def main(fam: Family, doc: str = "") -> None:
 
                 opts.update(parse_options([kv]))
         row = run_method(fam, a.teacher, method, a.n, a.iters, a.batch, opts, RUNS / (a.run_name or db_path.stem), a.lr)
+        if a.label:
+            row["method"] = a.label
         db = _load(db_path)  # other runs may have written meanwhile
-        db["rows"][f"{a.teacher}/{method}"] = row
+        db["rows"][f"{a.teacher}/{a.label or method}"] = row
         _save(db, db_path)
     if not a.no_render:
         md.write_text(render(fam, _load(db_path)))
