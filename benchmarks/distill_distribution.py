@@ -55,15 +55,21 @@ def _goals(base: dict, rows: list[dict]) -> list[str]:
         return []
     t50, r50 = base["50"]["dfd"], base["50"]["recall"]
     out = ["Goals:", ""]
-    dmd2 = next((r for r in rows if r["method"] == "dmd2"), None)
-    if dmd2:
+    for dmd2 in (r for r in rows if r["options"].get("method") == "dmd2" and r["trained_steps"] == 1):  # probes too
         d, rc = dmd2["eval"]["1"]["dfd"], dmd2["eval"]["1"]["recall"]
-        out.append(f"- DMD2's 1-step student at or below the teacher's 50-step dFD ({t50:.3f}) with recall within 10% "
-                   f"of the teacher's ({r50:.3f}): dFD {d:.3f}, recall {rc:.3f}: "
+        out.append(f"- DMD2's 1-step student ({dmd2['method']}) at or below the teacher's 50-step dFD ({t50:.3f}) with "
+                   f"recall within 10% of the teacher's ({r50:.3f}): dFD {d:.3f}, recall {rc:.3f}: "
                    f"**{'met' if d <= t50 and rc >= 0.9 * r50 else 'not met'}**")
-    best = min(rows, key=lambda r: r["eval"]["1"]["dfd"])
-    out.append(f"- best 1-step student: {best['method']} at {best['eval']['1']['dfd']:.3f} "
-               f"({best['eval']['1']['dfd'] / t50:.2f}x the teacher's 50-step dFD; the teacher at 1 step: {base['1']['dfd']:.1f})")
+    one = [r for r in rows if r["trained_steps"] == 1]
+    if one:
+        best = min(one, key=lambda r: r["eval"]["1"]["dfd"])
+        out.append(f"- best 1-step student: {best['method']} at {best['eval']['1']['dfd']:.3f} "
+                   f"({best['eval']['1']['dfd'] / t50:.2f}x the teacher's 50-step dFD; the teacher at 1 step: {base['1']['dfd']:.1f})")
+    four = [r for r in rows if r["trained_steps"] == 4]
+    if four and "4" in base:
+        best = min(four, key=lambda r: r["eval"]["4"]["dfd"])
+        out.append(f"- best 4-step student: {best['method']} at {best['eval']['4']['dfd']:.3f} (the teacher: "
+                   f"{base['4']['dfd']:.3f} at 4 NFE, {t50:.3f} at 50)")
     out.append("")
     return out
 
