@@ -267,7 +267,10 @@ def main(fam: Family, doc: str = "") -> None:
                 from fewstep.image.distill import parse_options
 
                 opts.update(parse_options([kv]))
-        row = run_method(fam, a.teacher, method, a.n, a.iters, a.batch, opts, RUNS / (a.run_name or db_path.stem), a.lr)
+        runs = RUNS / (a.run_name or db_path.stem)
+        if a.label:  # a probe's checkpoints never overwrite the plain method's
+            runs = runs / "".join(c if c.isalnum() or c in "-_@" else "_" for c in a.label)
+        row = run_method(fam, a.teacher, method, a.n, a.iters, a.batch, opts, runs, a.lr)
         if a.label:
             row["method"] = a.label
         db = _load(db_path)  # other runs may have written meanwhile
