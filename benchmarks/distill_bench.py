@@ -137,7 +137,7 @@ def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch
     base, _, at = method.partition("@")  # "dmd2@4": dmd2 trained as a 4-step student
     objective = make_objective(base, **{**fam.options.get(base, {}), **options})
     k = int(at) if at else fam.train_steps.get(base, 1)
-    cfg = DistillConfig(steps=k, **fam.distill, train=replace(BUDGET, **fam.train, steps=iters, batch_size=batch, lr=lr or fam.lr.get(base, fam.base_lr or BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
+    cfg = DistillConfig(student_steps=k, **fam.distill, train=replace(BUDGET, **fam.train, iterations=iters, batch_size=batch, lr=lr or fam.lr.get(base, fam.base_lr or BUDGET.lr)), trajectories=TRAJECTORIES[teacher])
     data = load_dataset(teacher, "train") if objective.data == "real" else None
     extras = fam.extras(objective, teacher) if fam.extras else {}
     out = runs / teacher / method

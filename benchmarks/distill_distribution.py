@@ -44,7 +44,7 @@ def _train_msd(teacher, objective, cfg, out, data=None, work_dir=None, card=None
     """MSD: two one-step students (round-robin halves of the classes), each for half the iterations."""
     from fewstep.core.distill.multi_student import distill_multi_student
 
-    half = replace(cfg, train=replace(cfg.train, steps=max(1, cfg.train.steps // 2)))
+    half = replace(cfg, train=replace(cfg.train, iterations=max(1, cfg.train.iterations // 2)))
     opts = {k: v for k, v in objective.describe().items() if k not in ("method", "classes")}
     router, results = distill_multi_student(teacher, half, out, num_students=2, work_dir=work_dir, progress=False, **opts)
     return _RouterResult(router, sum(r.seconds for r in results), max(r.peak_bytes for r in results), results[0].peak_kind)

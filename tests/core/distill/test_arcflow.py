@@ -173,7 +173,7 @@ def test_two_nfe_beats_the_teachers_two_euler_steps(tmp_path):
     spec = replace(obj.student_spec(teacher), net=WideMLP(wide_channels(4, 2)))
     untrained = make_student(teacher, spec, 2, obj.sampler(teacher, 2))
     torch.manual_seed(0)
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=200, batch_size=128, lr=2e-3, warmup_steps=20, progress=False))
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=200, batch_size=128, lr=2e-3, warmup_iterations=20, progress=False))
     net = WideMLP(wide_channels(4, 2))
     student = distill(teacher, obj, cfg, None, work_dir=tmp_path, progress=False, student_net=net).student
     student.reset_counters()
@@ -184,7 +184,7 @@ def test_two_nfe_beats_the_teachers_two_euler_steps(tmp_path):
 
 def test_smoke_checkpoint_round_trip(tmp_path):
     teacher = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=2, batch_size=4, progress=False))
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     distill(teacher, ArcFlow(components=4), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.sampler["solver"] == "arcflow" and student.net.config.out_channels == wide_channels(4, 1)

@@ -113,7 +113,7 @@ def test_boot_toy_data_free_one_step_student_approaches_teacher(tmp_path):
     torch.manual_seed(0)
     net = MLPNet(2, 64, 4)
     untrained = _module(teacher, obj, net=copy.deepcopy(net)).student
-    cfg = DistillConfig(steps=1, train=TrainConfig(steps=250, batch_size=64, lr=1e-3, warmup_steps=10, ema_decay=0.99, progress=False))
+    cfg = DistillConfig(student_steps=1, train=TrainConfig(iterations=250, batch_size=64, lr=1e-3, warmup_iterations=10, ema_decay=0.99, progress=False))
     res = distill(teacher, obj, cfg, None, data=None, work_dir=tmp_path, student_net=net, progress=False)
     s = sample(res.student, noise, cond=cond)
     sw, sw0 = sliced_wasserstein(s, ref), sliced_wasserstein(sample(untrained.eval(), noise, cond=cond), ref)
@@ -124,7 +124,7 @@ def test_boot_toy_data_free_one_step_student_approaches_teacher(tmp_path):
 @pytest.mark.parametrize("steps", [1, 4])
 def test_boot_smoke_distill_saves_and_reloads(tmp_path, steps):
     teacher = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=steps, train=TrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=1, progress=False))
+    cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
     res = distill(teacher, BOOT(grid_steps=4), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.sampler == {"solver": "boot", "grid": [1.0, 0.0]} and student.prediction == "x0"

@@ -289,7 +289,7 @@ def test_toy_training_moves_the_student_to_the_teacher(name, toy, tmp_path):
     before = make_student(teacher, replace(obj.student_spec(teacher), net=copy.deepcopy(net)), steps, obj.sampler(teacher, steps))
     gen = lambda: torch.Generator().manual_seed(1)
     sw0 = sliced_wasserstein(sample(before.eval(), noise, generator=gen()), ref)
-    cfg = DistillConfig(steps=steps, train=TrainConfig(steps=iters, batch_size=128, lr=2e-3, warmup_steps=10, ema_decay=0.99, progress=False),
+    cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=iters, batch_size=128, lr=2e-3, warmup_iterations=10, ema_decay=0.99, progress=False),
                         trajectories=TrajectoryConfig(n=1024, steps=16, batch_size=1024))
     res = distill(teacher, obj, cfg, None, data=(x, None), work_dir=tmp_path, student_net=copy.deepcopy(net), progress=False)
     sw = sliced_wasserstein(sample(res.student, noise, generator=gen()), ref)
@@ -302,7 +302,7 @@ def test_tiny_unet_checkpoint_round_trip(name, tmp_path):
     teacher = tiny_unet_denoiser()
     g = torch.Generator().manual_seed(0)
     data = (torch.rand(32, 1, 8, 8, generator=g) * 2 - 1, torch.arange(32) % 3)
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=1, progress=False),
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False),
                         trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8))
     res = distill(teacher, make_objective(name), cfg, tmp_path / "s", data=data, progress=False)
     student = load_denoiser(tmp_path / "s")

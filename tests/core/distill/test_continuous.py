@@ -212,8 +212,8 @@ def _toy_run(tmp_path, method, steps, lr, **opts):
         teacher = Denoiser(LearnableMeansGMM(MEANS, 0.1, sched), sched, "x0", sample_shape=(2,), num_classes=4).eval()
     obj = make_objective(method, **opts)
     cfg = DistillConfig(
-        steps=1,
-        train=TrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=10, ema_decay=0.95, progress=False),
+        student_steps=1,
+        train=TrainConfig(iterations=steps, batch_size=64, lr=lr, warmup_iterations=10, ema_decay=0.95, progress=False),
         trajectories=TrajectoryConfig(n=512),
     )
     torch.manual_seed(0)
@@ -246,8 +246,8 @@ def test_smoke_tiny_unet_checkpoint_round_trip(tmp_path, method):
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 1, 8, 8, generator=g).clamp(-1, 1), torch.randint(0, 3, (32,), generator=g))
     cfg = DistillConfig(
-        steps=2,
-        train=TrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=1, progress=False),
+        student_steps=2,
+        train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False),
         trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8),
     )
     res = distill(teacher, make_objective(method), cfg, tmp_path / "s", data=data, progress=False)

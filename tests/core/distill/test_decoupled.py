@@ -244,8 +244,8 @@ def test_flash_reward_term_is_skipped_at_zero_weight_and_needs_a_reward_otherwis
 def _run(tmp_path, obj, steps=300, lr=3e-3, reward=None, seed=0):
     teacher = toy_teacher()
     cfg = DistillConfig(
-        steps=1,
-        train=TrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=10, ema_decay=0.9, progress=False, seed=seed),
+        student_steps=1,
+        train=TrainConfig(iterations=steps, batch_size=64, lr=lr, warmup_iterations=10, ema_decay=0.9, progress=False, seed=seed),
     )
     torch.manual_seed(seed)
     res = distill(
@@ -319,7 +319,7 @@ def test_checkpoint_round_trip_through_distill(tmp_path, obj):
     teacher = tiny_unet_denoiser()
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 1, 8, 8, generator=g).clamp(-1, 1), torch.randint(0, 3, (32,), generator=g))
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=1, progress=False))
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
     calls = []
 
     def reward(x, cond):

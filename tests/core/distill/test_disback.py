@@ -128,9 +128,9 @@ def test_short_run_moves_one_step_student_toward_teacher(tmp_path):
     # normalised DM push has a fixed size, so a lagging fake score makes the student overshoot.
     obj = DisBack(path_size=3, record_fraction=0.2, critic_lr_scale=20.0)
     train = TrainConfig(
-        steps=300, batch_size=64, lr=1e-3, betas=(0.0, 0.999), warmup_steps=10, ema_decay=0.95, progress=False
+        iterations=300, batch_size=64, lr=1e-3, betas=(0.0, 0.999), warmup_iterations=10, ema_decay=0.95, progress=False
     )
-    cfg = DistillConfig(steps=1, train=train)
+    cfg = DistillConfig(student_steps=1, train=train)
     torch.manual_seed(0)
     res = distill(tea, obj, cfg, None, work_dir=tmp_path, progress=False, student_net=MLPNet(2, 64, 4))
     torch.manual_seed(0)
@@ -153,7 +153,7 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     from ..tiny import tiny_unet_denoiser
 
     tea = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=1, train=TrainConfig(steps=3, batch_size=4, progress=False))
+    cfg = DistillConfig(student_steps=1, train=TrainConfig(iterations=3, batch_size=4, progress=False))
     distill(tea, DisBack(path_size=1, record_fraction=0.3), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.info["distilled_by"] == "disback" and student.sampler["solver"] == "consistency"

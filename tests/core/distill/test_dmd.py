@@ -271,8 +271,8 @@ def test_dmd2_training_inputs_come_from_the_students_rollout_not_real_data():
 def _toy_run(tmp_path, obj, steps=300):
     """(untrained, trained, teacher) 1-step samples of 2000 labelled noises on the 2-D mixture."""
     teacher = gmm_teacher()
-    train = TrainConfig(steps=steps, batch_size=128, lr=1e-2, warmup_steps=10, ema_decay=0.9, progress=False)
-    cfg = DistillConfig(steps=1, train=train, trajectories=TrajectoryConfig(n=1024))
+    train = TrainConfig(iterations=steps, batch_size=128, lr=1e-2, warmup_iterations=10, ema_decay=0.9, progress=False)
+    cfg = DistillConfig(student_steps=1, train=train, trajectories=TrajectoryConfig(n=1024))
     torch.manual_seed(0)
     net = MLPNet(2, 64, 4)
     res = distill(teacher, obj, cfg, None, data=gmm_data(4096), work_dir=tmp_path, progress=False, student_net=net)
@@ -313,8 +313,8 @@ def test_checkpoint_round_trip_and_resume(tmp_path, obj, steps):
 
     def cfg(n):
         return DistillConfig(
-            steps=steps,
-            train=TrainConfig(steps=n, batch_size=4, lr=1e-4, warmup_steps=1, progress=False),
+            student_steps=steps,
+            train=TrainConfig(iterations=n, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False),
             trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8),
         )
 

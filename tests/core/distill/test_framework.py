@@ -50,8 +50,8 @@ class Regression(Objective):
 
 def _cfg(steps=200, **kw):
     return DistillConfig(
-        steps=1,
-        train=TrainConfig(steps=steps, batch_size=128, lr=3e-3, warmup_steps=10, progress=False, ckpt_every=50, **kw),
+        student_steps=1,
+        train=TrainConfig(iterations=steps, batch_size=128, lr=3e-3, warmup_iterations=10, progress=False, ckpt_every=50, **kw),
         trajectories=TrajectoryConfig(n=512, steps=12, batch_size=512),
     )
 
@@ -119,13 +119,13 @@ def test_sampler_and_boundary_round_trip_through_checkpoints(tmp_path):
 def test_student_prediction_overrides_the_output_parametrisation(tmp_path):
     """A one-step generator may predict v (well conditioned at t_max) while the teacher predicts eps."""
     teacher = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=1, student_prediction="v",
-                        train=TrainConfig(steps=1, batch_size=4, lr=1e-5, warmup_steps=1, progress=False, ckpt_every=1))
+    cfg = DistillConfig(student_steps=1, student_prediction="v",
+                        train=TrainConfig(iterations=1, batch_size=4, lr=1e-5, warmup_iterations=1, progress=False, ckpt_every=1))
     x, y = torch.randn(8, 1, 8, 8).clamp(-1, 1), torch.arange(8) % 3
     res = distill(teacher, make_objective("cd"), cfg, tmp_path / "s", data=(x, y), progress=False)
     assert res.student.prediction == "v" and load_denoiser(tmp_path / "s").prediction == "v"
     with pytest.raises(ValueError, match="student_prediction"):
-        DistillConfig(steps=1, student_prediction="score")
+        DistillConfig(student_steps=1, student_prediction="score")
 
 
 def test_recorded_trajectory_ends_at_the_solvers_sample():
@@ -164,12 +164,12 @@ def test_runner_distils_a_one_step_student_and_resumes(tmp_path):
 def test_runner_writes_a_loadable_student_with_its_provenance(tmp_path):
     teacher = tiny_unet_denoiser()
     teacher.info = {"dataset": "toy"}
-    cfg = DistillConfig(steps=1, train=TrainConfig(steps=2, batch_size=4, progress=False),
+    cfg = DistillConfig(student_steps=1, train=TrainConfig(iterations=2, batch_size=4, progress=False),
                         trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8))
     res = distill(teacher, Regression(), cfg, tmp_path / "s", progress=False)
     back = load_denoiser(tmp_path / "s")
     assert back.info["distilled_by"] == "regression" and back.info["train_steps"] == 2
-    assert back.info["peak_bytes"] > 0 and back.card["distill_config"]["steps"] == 1
+    assert back.info["peak_bytes"] > 0 and back.card["distill_config"]["student_steps"] == 1
     assert back.sampler["solver"] == "ddim" and res.student.steps == 1
 
 

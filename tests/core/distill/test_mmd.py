@@ -107,9 +107,9 @@ def test_fine_tuning_a_two_step_sampler_lowers_its_mmd(tmp_path):
     ref = sample(tea, torch.randn(1000, 2, generator=g), solver="dpmpp_2m", steps=30)
     noise = torch.randn(1000, 2, generator=g)
     before = sample(tea, noise, solver="ddim", grid=torch.tensor(obj.sampler(tea, 2)["grid"], dtype=torch.float64))
-    train = TrainConfig(steps=120, batch_size=128, lr=3e-2, warmup_steps=10, ema_decay=0.9, progress=False)
+    train = TrainConfig(iterations=120, batch_size=128, lr=3e-2, warmup_iterations=10, ema_decay=0.9, progress=False)
     res = distill(
-        tea, obj, DistillConfig(steps=2, train=train), None, data=(x, None), work_dir=tmp_path, progress=False
+        tea, obj, DistillConfig(student_steps=2, train=train), None, data=(x, None), work_dir=tmp_path, progress=False
     )
     res.student.reset_counters()
     after = sample(res.student, noise)  # its own rule: 2 DDIM steps on the same grid
@@ -126,7 +126,7 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     tea = tiny_unet_denoiser()
     x, y = tiny_data(16)
     x = torch.nn.functional.interpolate(x, size=(8, 8))
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=2, batch_size=4, progress=False))
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     distill(tea, MMDDDM(feature_dim=16), cfg, tmp_path / "s", data=(x, y), progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.info["objective"]["features"] == "random-projection"

@@ -169,7 +169,7 @@ def test_router_samples_through_solvers_sample_and_round_trips(tmp_path):
 
 def test_distill_multi_student_smoke_on_a_unet(tmp_path):
     tea = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=1, train=TrainConfig(steps=2, batch_size=4, progress=False))
+    cfg = DistillConfig(student_steps=1, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     router, results = distill_multi_student(tea, cfg, tmp_path / "msd", num_students=2, width_mult=0.5, progress=False)
     assert len(results) == 2 and router.partition == [[0, 2], [1]]
     loaded = load_router(tmp_path / "msd")
@@ -178,7 +178,7 @@ def test_distill_multi_student_smoke_on_a_unet(tmp_path):
     x = sample(loaded, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="one-step"):
-        distill_multi_student(tea, DistillConfig(steps=2), tmp_path / "x", progress=False)
+        distill_multi_student(tea, DistillConfig(student_steps=2), tmp_path / "x", progress=False)
 
 
 # -- the 2-D toy ----------------------------------------------------------------------------------------
@@ -187,12 +187,12 @@ def test_per_student_dm_puts_each_student_on_its_own_modes(tmp_path):
     # Adam without momentum and a fast fake score: the normalised DM push has a fixed size, so a
     # lagging fake score makes the student overshoot on this toy.
     train = TrainConfig(
-        steps=250, batch_size=64, lr=1e-3, betas=(0.0, 0.999), warmup_steps=10, ema_decay=0.95, progress=False
+        iterations=250, batch_size=64, lr=1e-3, betas=(0.0, 0.999), warmup_iterations=10, ema_decay=0.95, progress=False
     )
     torch.manual_seed(0)
     router, _ = distill_multi_student(
         tea,
-        DistillConfig(steps=1, train=train),
+        DistillConfig(student_steps=1, train=train),
         None,
         partition=[[0, 2], [1, 3]],
         work_dir=tmp_path,

@@ -42,7 +42,7 @@ def _toy_samples(den, n=1000, guidance=None, **kw):
 
 
 def _train_cfg(steps, batch=64, lr=1e-3):
-    return DistillConfig(steps=1, train=TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=10, ema_decay=0.99, progress=False))
+    return DistillConfig(student_steps=1, train=TrainConfig(iterations=steps, batch_size=batch, lr=lr, warmup_iterations=10, ema_decay=0.99, progress=False))
 
 
 # -- the maths ---------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_guided_toy_student_reproduces_guided_teacher(tmp_path):
 def test_smoke_distill_saves_and_reloads(tmp_path, method, steps):
     teacher = tiny_unet_denoiser()
     x, y = _tiny_batch(16)
-    cfg = DistillConfig(steps=steps, train=TrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=1, progress=False))
+    cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
     res = distill(teacher, make_objective(method, start_steps=4), cfg, tmp_path / "s", data=(x, y), progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.sampler["solver"] == "ddim" and student.steps == steps

@@ -17,7 +17,7 @@ from fewstep.core.train import TrainConfig
 from .toys import MEANS, GaussianMixtureNet, MLPNet, sliced_wasserstein
 from ..tiny import tiny_unet_denoiser
 
-TINY_TRAIN = TrainConfig(steps=2, batch_size=4, progress=False)
+TINY_TRAIN = TrainConfig(iterations=2, batch_size=4, progress=False)
 TINY_TRAJ = TrajectoryConfig(n=8, steps=4, batch_size=8)
 
 
@@ -48,8 +48,8 @@ def pair_batch(teacher, z, x0, cond=None):
 
 def toy_run(objective, tmp_path, steps=400, student_steps=1):
     torch.manual_seed(0)
-    train = TrainConfig(steps=steps, batch_size=256, lr=2e-3, warmup_steps=20, progress=False)
-    cfg = DistillConfig(steps=student_steps, train=train, trajectories=TrajectoryConfig(n=2048))
+    train = TrainConfig(iterations=steps, batch_size=256, lr=2e-3, warmup_iterations=20, progress=False)
+    cfg = DistillConfig(student_steps=student_steps, train=train, trajectories=TrajectoryConfig(n=2048))
     net = MLPNet(2, 64, 0)
     return distill(gmm_uncond(), objective, cfg, None, work_dir=tmp_path, progress=False, student_net=net).student
 
@@ -154,7 +154,7 @@ def test_reflow_straightens_the_teacher_flow(tmp_path):
 
 def test_reflow_smoke_checkpoint_round_trip(tmp_path):
     teacher = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=2, train=TINY_TRAIN, trajectories=TINY_TRAJ)
+    cfg = DistillConfig(student_steps=2, train=TINY_TRAIN, trajectories=TINY_TRAJ)
     distill(teacher, Reflow(distill_fraction=0.5), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.schedule == RectifiedFlow() and student.prediction == "flow" and student.sampler["solver"] == "ddim"
@@ -202,7 +202,7 @@ def test_slimflow_one_step_beats_the_teachers_one_step(tmp_path):
 
 def test_slimflow_smoke_checkpoint_round_trip(tmp_path):
     teacher = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=1, train=TINY_TRAIN, trajectories=TINY_TRAJ)
+    cfg = DistillConfig(student_steps=1, train=TINY_TRAIN, trajectories=TINY_TRAJ)
     distill(teacher, SlimFlow(), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.net.config.channels == 4 and param_count(student.net) < param_count(teacher.net)

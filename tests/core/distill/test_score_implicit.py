@@ -217,7 +217,7 @@ def test_each_term_trains_its_own_network_only(obj):
 def test_short_run_covers_every_mode_of_the_teacher(tmp_path, obj):
     teacher = gmm_teacher()  # the exact analytic mixture: the fake score is a copy of the student's MLP
     cfg = DistillConfig(
-        steps=1, train=TrainConfig(steps=300, batch_size=64, lr=5e-3, warmup_steps=10, ema_decay=0.95, progress=False)
+        student_steps=1, train=TrainConfig(iterations=300, batch_size=64, lr=5e-3, warmup_iterations=10, ema_decay=0.95, progress=False)
     )
     torch.manual_seed(0)
     res = distill(
@@ -243,7 +243,7 @@ def test_smoke_tiny_unet_checkpoint_round_trip(tmp_path, obj):
     teacher = tiny_unet_denoiser()
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 1, 8, 8, generator=g).clamp(-1, 1), torch.randint(0, 3, (32,), generator=g))
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=1, progress=False))
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
     res = distill(teacher, obj, cfg, tmp_path / "s", data=data, progress=False)
     loaded = load_denoiser(tmp_path / "s")
     assert loaded.sampler == res.student.sampler and loaded.sampler["solver"] == "consistency"

@@ -104,13 +104,13 @@ def test_few_hundred_steps_move_a_two_step_student_to_the_teacher(tmp_path):
     # Adam without momentum and a fast fake score: the normalised DM push has a fixed size, so a
     # lagging fake score makes the student overshoot on this toy.
     train = TrainConfig(
-        steps=300, batch_size=64, lr=1e-3, betas=(0.0, 0.999), warmup_steps=10, ema_decay=0.95, progress=False
+        iterations=300, batch_size=64, lr=1e-3, betas=(0.0, 0.999), warmup_iterations=10, ema_decay=0.95, progress=False
     )
     torch.manual_seed(0)
     res = distill(
         tea,
         obj,
-        DistillConfig(steps=2, train=train),
+        DistillConfig(student_steps=2, train=train),
         None,
         work_dir=tmp_path,
         progress=False,
@@ -131,7 +131,7 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     from ..tiny import tiny_unet_denoiser
 
     tea = tiny_unet_denoiser()
-    cfg = DistillConfig(steps=2, train=TrainConfig(steps=2, batch_size=4, progress=False))
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     distill(tea, TDM(), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
     assert student.info["distilled_by"] == "tdm" and student.sampler["solver"] == "ddim"

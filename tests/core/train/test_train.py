@@ -17,7 +17,7 @@ def _run(tmp, steps, ckpt_every=5, den=None, lr=5e-3, data=None):
     den = den or tiny_denoiser()
     x, y = data or tiny_data()
     loss = DenoisingLoss()
-    cfg = TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_steps=2, ckpt_every=ckpt_every, progress=False)
+    cfg = TrainConfig(iterations=steps, batch_size=16, lr=lr, warmup_iterations=2, ckpt_every=ckpt_every, progress=False)
     res = train(den, lambda m, b, g: loss(m, den, b[0], b[1], g), [x, y], cfg, tmp)
     return den, res
 
@@ -75,7 +75,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     den = tiny_denoiser()
     x, y = tiny_data()
     loss = DenoisingLoss()
-    cfg = TrainConfig(steps=80, batch_size=16, lr=1e-2, warmup_steps=2, ckpt_every=1000, amp="bf16", progress=False)
+    cfg = TrainConfig(iterations=80, batch_size=16, lr=1e-2, warmup_iterations=2, ckpt_every=1000, amp="bf16", progress=False)
     res = train(den, lambda m, b, g: loss(m, den, b[0], b[1], g), [x, y], cfg, tmp_path)
     assert all(v.dtype == torch.float32 for v in den.state_dict().values())  # master weights stay fp32
     assert sum(res.losses[-20:]) / 20 < 0.8 * sum(res.losses[:20]) / 20
@@ -100,9 +100,9 @@ def test_lr_scales_give_a_submodule_its_own_learning_rate(tmp_path):
         (x,) = batch
         return model.gen(x).squeeze(1).pow(2) + model.critic(x).squeeze(1).pow(2)
 
-    cfg = TrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=1, progress=False, grad_clip=0.0, weight_decay=0.0)
+    cfg = TrainConfig(iterations=1, batch_size=4, lr=1e-3, warmup_iterations=1, progress=False, grad_clip=0.0, weight_decay=0.0)
     train(m, loss, [torch.randn(16, 2)], cfg, tmp_path)
     # Adam's first step moves every parameter by ~lr * sign(grad): 1e-3 for gen, 1e-2 for the critic.
     moved = {k: (m.state_dict()[k] - before[k]).abs().max().item() for k in before}
     assert abs(moved["gen.bias"] - 1e-3) < 2e-4 and abs(moved["critic.bias"] - 1e-2) < 2e-3, moved
-    train(m, loss, [torch.randn(16, 2)], TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path)  # resumes with the two groups
+    train(m, loss, [torch.randn(16, 2)], TrainConfig(**{**cfg.__dict__, "iterations": 2}), tmp_path)  # resumes with the two groups

@@ -32,12 +32,12 @@ CKPT_NAME = "checkpoint"
 class TrainConfig:
     """Optimisation settings; ``batch_size`` is the global batch (split over DDP ranks)."""
 
-    steps: int
+    iterations: int  # optimiser updates (training iterations)
     batch_size: int = 128
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100
+    warmup_iterations: int = 100
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA), "off", "bf16"
@@ -46,8 +46,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps={self.steps}: train for at least 1 step")
+        if self.iterations < 1:
+            raise ValueError(f"iterations={self.iterations}: train for at least 1 iteration")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if not 0 <= self.ema_decay < 1:
@@ -204,13 +204,13 @@ def train(
     model: nn.Module = DDP(module, find_unused_parameters=bool(getattr(module, "find_unused_parameters", False))) if world > 1 else module
     use_amp = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress or rank != 0, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=config.iterations, initial=step, disable=not config.progress or rank != 0, desc="train", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        while step < config.steps:
+        while step < config.iterations:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + rank)
             batch = _batch(data, config.batch_size // world, gen, device)
-            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_iterations))
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             with autocast():
@@ -229,7 +229,7 @@ def train(
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
-            if step % config.ckpt_every == 0 or step == config.steps:
+            if step % config.ckpt_every == 0 or step == config.iterations:
                 if rank == 0:
                     save_training_state(out_dir, module, ema, opt, step, losses, config, card)
                 _barrier()

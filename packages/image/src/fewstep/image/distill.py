@@ -21,7 +21,7 @@ from .evaluate import EvalConfig, dataset_of, evaluate_denoiser
 from .registry import load_model
 
 # The shared budget of the benchmark: same iterations, batch and optimiser for every method.
-BUDGET = TrainConfig(steps=600, batch_size=64, lr=5e-5, warmup_steps=50, ema_decay=0.999, ckpt_every=100)
+BUDGET = TrainConfig(iterations=600, batch_size=64, lr=5e-5, warmup_iterations=50, ema_decay=0.999, ckpt_every=100)
 TRAJECTORIES = {"digits": TrajectoryConfig(n=4096, steps=16), "shapes": TrajectoryConfig(n=1024, steps=16, batch_size=128)}
 
 
@@ -70,7 +70,7 @@ def run_distill(
     traj = TRAJECTORIES.get(dataset, TrajectoryConfig())
     if trajectories is not None:
         traj = replace(traj, n=trajectories, batch_size=min(traj.batch_size, trajectories))
-    cfg = DistillConfig(steps=steps, train=train_cfg, trajectories=traj)
+    cfg = DistillConfig(student_steps=steps, train=train_cfg, trajectories=traj)
     data = load_dataset(dataset, "train") if objective.data == "real" else None
     if reward == "classifier":
         from .rewards import classifier_reward
@@ -78,7 +78,7 @@ def run_distill(
         reward = classifier_reward(dataset)
     elif isinstance(reward, str):
         raise ValueError(f"reward={reward!r}: give a callable (x, cond) -> (B,) or 'classifier'")
-    log(f"distilling {teacher} with {method} into a {steps}-step student ({train_cfg.steps} iterations, batch {train_cfg.batch_size})")
+    log(f"distilling {teacher} with {method} into a {steps}-step student ({train_cfg.iterations} iterations, batch {train_cfg.batch_size})")
     res = distill(den, objective, cfg, out, data=data, work_dir=work_dir, card={"teacher": str(teacher)}, progress=progress,
                   reward=reward)
     student = res.student
@@ -91,7 +91,7 @@ def run_distill(
         "student": _quality(q),
         "teacher_same_nfe": _quality(base),
         "train_seconds": round(res.seconds, 1),
-        "train_iterations": train_cfg.steps,
+        "train_iterations": train_cfg.iterations,
         "batch_size": train_cfg.batch_size,
         "peak_bytes": res.peak_bytes,
         "peak_kind": res.peak_kind,

@@ -50,10 +50,10 @@ def distill_tsdiff(
             f"methods trained on real windows see. Use one of: {', '.join(TESTED)} (or another real-data method)"
         )
     x, cond = training_windows(cfg, train_data, windows, seed)
-    train = TrainConfig(steps=iters, batch_size=batch_size, lr=lr, warmup_steps=min(50, iters), ema_decay=0.995,
+    train = TrainConfig(iterations=iters, batch_size=batch_size, lr=lr, warmup_iterations=min(50, iters), ema_decay=0.995,
                         ckpt_every=max(1, iters // 4), seed=seed, progress=progress)
     out = Path(out)
-    res = distill(teacher.eval(), objective, DistillConfig(steps=steps, train=train), out, data=(x, cond),
+    res = distill(teacher.eval(), objective, DistillConfig(student_steps=steps, train=train), out, data=(x, cond),
                   work_dir=out.with_name(out.name + ".work"), card={"teacher_tsdiff": cfg.to_dict()}, progress=progress)
     student = res.student.eval()
     tsdiff_config(student)  # the window settings ride along from the teacher's info

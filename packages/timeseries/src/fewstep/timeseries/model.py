@@ -63,8 +63,8 @@ class TrainSettings:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            steps=self.steps, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
-            warmup_steps=self.warmup_steps, seed=self.seed, progress=self.progress, ckpt_every=max(self.steps, 1),
+            iterations=self.steps, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
+            warmup_iterations=self.warmup_steps, seed=self.seed, progress=self.progress, ckpt_every=max(self.steps, 1),
         )
 
 

@@ -268,8 +268,8 @@ def distill_multi_student(
     from ``<work_dir>/student<j>``."""
     if not teacher.num_classes:
         raise ValueError("multi-student distillation splits class labels: the teacher must be class-conditional")
-    if cfg.steps != 1:
-        raise ValueError(f"cfg.steps={cfg.steps}: MSD students are one-step generators (DistillConfig(steps=1))")
+    if cfg.student_steps != 1:
+        raise ValueError(f"cfg.student_steps={cfg.student_steps}: MSD students are one-step generators (DistillConfig(student_steps=1))")
     if partition is None:
         partition = round_robin(teacher.num_classes, num_students or min(2, teacher.num_classes))
     partition = check_partition(partition, teacher.num_classes)
@@ -301,7 +301,7 @@ def distill_multi_student(
         students, partition, info={"distilled_by": "msd", "width_mult": width_mult, **dict(teacher.info)}
     )
     if out is not None:
-        save_router(router, out, card={"distill_config": {"steps": cfg.steps, "train_steps": cfg.train.steps}})
+        save_router(router, out, card={"distill_config": {"student_steps": cfg.student_steps, "iterations": cfg.train.iterations}})
     return router.eval(), results
 
 

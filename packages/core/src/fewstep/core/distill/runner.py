@@ -29,8 +29,8 @@ from .trajectories import TrajectoryConfig, cached_trajectories
 class DistillConfig:
     """What every distillation run shares; the method's own knobs live on its Objective."""
 
-    steps: int  # the student's number of sampling steps (NFE)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=64, lr=5e-5, warmup_steps=50, ema_decay=0.999))
+    student_steps: int  # the student's number of sampling steps (its NFE)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(iterations=1000, batch_size=64, lr=5e-5, warmup_iterations=50, ema_decay=0.999))
     teacher_guidance: float = 1.0
     trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     use_ema: bool = True  # ship the EMA of the student weights (else the last iterate)
@@ -41,8 +41,8 @@ class DistillConfig:
     student_prediction: str | None = None
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps={self.steps}: a student needs at least 1 sampling step")
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps={self.student_steps}: a student needs at least 1 sampling step")
         if self.teacher_guidance < 0:
             raise ValueError("teacher_guidance must be >= 0")
         if self.student_prediction not in (None, "eps", "x0", "v", "flow"):
@@ -105,7 +105,7 @@ def distill(
     student_net: torch.nn.Module | None = None,
     reward=None,
 ) -> DistillResult:
-    """Distil ``teacher`` into a ``cfg.steps``-step student with ``objective``; save it at ``out``.
+    """Distil ``teacher`` into a ``cfg.student_steps``-step student with ``objective``; save it at ``out``.
 
     ``student_net`` replaces the objective's default student net (a copy of the teacher's).
     ``reward``: a callable (x, cond) -> (B,) attached as ``module.reward`` for objectives that maximise
@@ -129,8 +129,8 @@ def distill(
     prediction = cfg.student_prediction or (objective.student_prediction if teacher.prediction == "eps" else None)
     if prediction is not None:
         spec = replace(spec, prediction=prediction)
-    student = make_student(teacher, spec, cfg.steps, objective.sampler(teacher, cfg.steps))
-    module = DistillModule(teacher, student, objective, cfg.train.steps, cfg.teacher_guidance).to(device)
+    student = make_student(teacher, spec, cfg.student_steps, objective.sampler(teacher, cfg.student_steps))
+    module = DistillModule(teacher, student, objective, cfg.train.iterations, cfg.teacher_guidance).to(device)
     if reward is not None:
         if not callable(reward):
             raise TypeError(f"reward must be a callable (x, cond) -> (B,), got {type(reward).__name__}")
@@ -145,7 +145,7 @@ def distill(
         x0, cond, traj, traj_t = batch
         return model(None if no_data else x0, cond, traj, traj_t, gen, n=x0.shape[0])
 
-    run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.steps, **(card or {})}
+    run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.student_steps, **(card or {})}
     t0 = time.perf_counter()
     result = train(module, loss_fn, train_data, cfg.train, work, run_card)
     seconds = time.perf_counter() - t0
@@ -159,7 +159,7 @@ def distill(
         "teacher": teacher.info.get("name", teacher.info.get("dataset")),
         "distilled_by": objective.name,
         "objective": objective.describe(),
-        "student_steps": cfg.steps,
+        "student_steps": cfg.student_steps,
         "train_steps": result.step,
         "train_seconds": round(seconds, 1),
         "batch_size": cfg.train.batch_size,
