@@ -52,7 +52,7 @@ def quality_rows(model: str, n: int, steps: int, only: str = "") -> list[dict]:
     from fewstep.image.registry import load_model
 
     den = load_model(model)
-    ev = EvalConfig(solver="ddim", steps=steps, n=n, seed=0, batch_size=250)
+    ev = EvalConfig(solver="ddim", num_steps=steps, n=n, seed=0, batch_size=250)
     variants = [
         ("full precision (fp32)", None),
         ("w8a8, trajectory calibration", QuantConfig(scheme="w8a8")),

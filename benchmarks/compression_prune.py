@@ -44,7 +44,7 @@ SEARCH_BATCH = 4  # trajectories per mask-search step: the search's cost is iter
 
 
 def _quality(den, steps: int, n: int, solver: str, seed: int) -> dict:
-    r = evaluate_denoiser(den, EvalConfig(solver=solver, steps=steps, n=n, seed=seed))
+    r = evaluate_denoiser(den, EvalConfig(solver=solver, num_steps=steps, n=n, seed=seed))
     return {"dfd": r["dfd"], "accuracy": r["accuracy"], "ms_per_sample": 1e3 * r["seconds_per_sample"]}
 
 
@@ -70,9 +70,9 @@ def pruning_rows(
              "gflops": flops(den) / 1e9, "search_s": 0.0, "iters": 0, "removed_share": 0.0}]
     units = discover_units(den.net)
     for r in ratios:
-        cfg = PruneConfig(ratio=r, steps=steps, iters=iters, batch=batch, seed=seed, progress=False)
+        cfg = PruneConfig(ratio=r, num_steps=steps, iters=iters, batch=batch, seed=seed, progress=False)
         pruned = prune(den, cfg)
-        info = pruned.info["prune"]
+        info = pruned.card.provenance["prune"]
         rows.append({
             **base,
             "ratio": r,
@@ -117,10 +117,10 @@ def _memory_worker(model_name: str, steps: int, checkpoint: bool, iters: int, ba
 
     den = load_model(model_name, device=device).eval()
     x_T, cond = draw(den, batch, torch.Generator().manual_seed(0), device)
-    cfg = PruneConfig(ratio=0.2, steps=steps, iters=iters, batch=batch, checkpoint=checkpoint, progress=False)
+    cfg = PruneConfig(ratio=0.2, num_steps=steps, iters=iters, batch=batch, checkpoint=checkpoint, progress=False)
     # Warm up on a 1-step search: lazy imports (checkpointing pulls in torch._dynamo) and allocator
     # pools would otherwise count as search memory.
-    search_masks(den, PruneConfig(ratio=0.2, steps=1, iters=1, batch=1, checkpoint=checkpoint, progress=False))
+    search_masks(den, PruneConfig(ratio=0.2, num_steps=1, iters=1, batch=1, checkpoint=checkpoint, progress=False))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()

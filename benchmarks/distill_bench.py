@@ -117,7 +117,7 @@ def baseline(teacher: str, n: int) -> dict:
             steps = max(1, nfe // 2) if solver == "heun" else nfe
             if solver == "heun" and nfe < 2:
                 continue
-            r = evaluate_denoiser(den, EvalConfig(solver=solver, steps=steps, n=n, grid="logsnr" if solver != "ddim" else "uniform"))
+            r = evaluate_denoiser(den, EvalConfig(solver=solver, num_steps=steps, n=n, grid="logsnr" if solver != "ddim" else "uniform"))
             print(f"teacher {teacher} {solver} {steps} steps: dFD {r['dfd']:.3f} (NFE {r['nfe']:.0f})", flush=True)
             if best is None or r["dfd"] < best["dfd"]:
                 best = {**r, "nfe_budget": nfe}
@@ -145,12 +145,12 @@ def run_method(fam: Family, teacher: str, method: str, n: int, iters: int, batch
     train_fn = fam.trainers.get(base, distill)  # a method with its own trainer (MSD: K students and a router)
     res = train_fn(den, objective, cfg, out, data=data, work_dir=runs / teacher / f"{method}.work", card={"teacher": f"{teacher}-teacher"}, **extras)
     student = res.student
-    rule = dict(student.sampler)
+    rule = student.card.sampler.to_dict()
     evals = {}
     for steps in EVAL_STEPS:
-        grid = objective.sampler(den, steps).get("grid")
-        grid_t = torch.tensor(grid, dtype=torch.float64) if isinstance(grid, list) else grid
-        r = evaluate_denoiser(student, EvalConfig(steps=steps, grid=grid_t, n=n))
+        grid = objective.sampler(den, steps).grid
+        grid_t = torch.tensor(grid, dtype=torch.float64) if isinstance(grid, tuple) else grid
+        r = evaluate_denoiser(student, EvalConfig(num_steps=steps, grid=grid_t, n=n))
         evals[str(steps)] = {k2: r[k2] for k2 in ("dfd", "accuracy", "recall", "precision", "nfe", "seconds_per_sample")}
         print(f"{method} on {teacher}, {steps} steps: dFD {r['dfd']:.3f} acc {r['accuracy']:.3f} recall {r['recall']:.3f}", flush=True)
     params = sum(p.numel() for p in (student.net if hasattr(student, "net") else student).parameters())  # a router: all its students

@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import DOCS, machine, table
 
-from fewstep.core.solvers import fit_ot_map, sample, sample_dpm_ot
-from fewstep.core.solvers.dpm_ot import OTConfig
+from fewstep.core.solvers import sample
+from fewstep.core.tuning import fit_ot_map, sample_dpm_ot
+from fewstep.core.tuning.dpm_ot import OTConfig
 from fewstep.image.data import load_dataset
 from fewstep.image.quality import evaluate_samples, real_data_baseline, shipped_classifier
 from fewstep.image.registry import load_model
@@ -111,7 +112,7 @@ def main() -> None:
     def run_plain(steps):
         den.reset_counters()
         t = time.perf_counter()
-        x = sample(den, noise, "dpmpp_2m", steps=steps, denoise_to_zero=True)
+        x = sample(den, noise, "dpmpp_2m", num_steps=steps, denoise_to_zero=True)
         return x, den.nfe, time.perf_counter() - t
 
     def run_ot(steps, t_star):

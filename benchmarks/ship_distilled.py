@@ -12,6 +12,7 @@ packages/image/src/fewstep/image/weights/NAME with the quality in its card.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,13 +30,11 @@ def ship(name: str, method: str, steps: int, runs: Path) -> None:
     dataset = name.split("-")[0]
     den = load_denoiser(runs / dataset / method)
     teacher = load_model(f"{dataset}-teacher")
-    den.steps = steps
-    den.sampler = make_objective(method).sampler(teacher, steps)
+    den.card = replace(den.card, student_steps=steps, sampler=make_objective(method).sampler(teacher, steps))
     q = evaluate_denoiser(den, EvalConfig(n=500))
-    den.info = {**den.info, "name": name, "teacher": f"{dataset}-teacher",
-                "quality": {k: q[k] for k in ("dfd", "accuracy", "recall", "nfe")}}
-    if den.info.get("student_steps") != steps:
-        den.info["note"] = f"trained as a {den.info.get('student_steps')}-step {method} student; shipped sampling {steps} steps of its own rule"
+    trained = den.card.provenance.get("student_steps")
+    den.card = den.card.with_provenance(name=name, teacher=f"{dataset}-teacher", quality={k: q[k] for k in ("dfd", "accuracy", "recall", "nfe")},
+                                        **({"note": f"trained as a {trained}-step {method} student; shipped sampling {steps} steps of its own rule"} if trained != steps else {}))
     state = {k: v.contiguous() for k, v in den.net.state_dict().items()}
     save_denoiser(den, WEIGHTS / name, state=state)
     print(f"{name}: {method} at {steps} steps, dFD {q['dfd']:.3f}, accuracy {q['accuracy']:.3f}, NFE {q['nfe']:.0f}")

@@ -25,7 +25,7 @@ from common import DOCS, machine, table  # noqa: E402
 from diffusers_baseline import SCHEDULERS, nfe_to_steps, sample_diffusers  # noqa: E402
 
 from fewstep.core.solvers import available, sample  # noqa: E402
-from fewstep.core.solvers.search import SearchConfig, autodiffusion_search, error_to_reference  # noqa: E402
+from fewstep.core.tuning.autodiffusion import SearchConfig, autodiffusion_search, error_to_reference  # noqa: E402
 from fewstep.image.quality import evaluate_samples  # noqa: E402
 from fewstep.image.registry import load_model  # noqa: E402
 
@@ -76,7 +76,7 @@ def run(den, fn, noise, labels, ref, dataset):
 def bench_model(name: str, n: int, nfes, quick: bool, log, search_only: bool = False) -> list[dict]:
     den = load_model(name)
     den.net = NetTimer(den.net)
-    dataset = den.info["dataset"]
+    dataset = den.card.provenance["dataset"]
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(n, *den.sample_shape, generator=gen)
     labels = torch.arange(n) % den.num_classes
@@ -110,7 +110,7 @@ def bench_model(name: str, n: int, nfes, quick: bool, log, search_only: bool = F
     search_ref = sample(den, search_noise, "dpmpp_2m", 200, "logsnr", cond=search_labels, denoise_to_zero=True)
     for k in (3, 4, 5) if not quick else (4,):
         # k searched intervals ending at t = 0 (final_zero): k NFE, like the rows above.
-        cfg = SearchConfig(steps=k, population=12, iterations=4 if quick else 8, seed=0)
+        cfg = SearchConfig(num_steps=k, population=12, iterations=4 if quick else 8, seed=0)
         res = autodiffusion_search(den, search_noise, error_to_reference(search_ref), "dpmpp_2m", cfg, cond=search_labels, progress=False, final_zero=True)
         add("fewstep", "dpmpp_2m", "searched", k, lambda res=res: sample(den, noise, "dpmpp_2m", k, res.grid, cond=labels))
     return rows

@@ -34,7 +34,7 @@ def main() -> None:
         rows.append([name, "real data (train vs test)", "-", "-", floor.dfd, floor.accuracy, floor.precision, floor.recall, "-"])
         for solver in args.solvers.split(","):
             for steps in (int(s) for s in args.steps.split(",")):
-                r = evaluate_denoiser(den, EvalConfig(solver=solver, steps=steps, n=args.n, seed=0))
+                r = evaluate_denoiser(den, EvalConfig(solver=solver, num_steps=steps, n=args.n, seed=0))
                 rows.append([name, solver, steps, int(r["nfe"]), r["dfd"], r["accuracy"], r["precision"], r["recall"], f"{r['seconds_per_sample'] * 1e3:.2f}"])
                 print(rows[-1], flush=True)
     header = ["model", "solver", "steps", "NFE", "dFD", "accuracy", "precision", "recall", "ms/sample"]

@@ -40,8 +40,8 @@ def main() -> None:
     for k, scales in SWEEP.items():
         student = distill_tsdiff(teacher, data.train, run / f"student-pd{k}", "pd", k, progress=False) if k in (4, 8) else None
         for s in scales:
-            rows.append(["ddim (teacher)", k, s, crps(teacher, GuidanceConfig(scale=s, solver="ddim", steps=k, grid="uniform"))])
-            rows.append(["dpmpp_2m (teacher)", k, s, crps(teacher, GuidanceConfig(scale=s, solver="dpmpp_2m", steps=k, grid="logsnr"))])
+            rows.append(["ddim (teacher)", k, s, crps(teacher, GuidanceConfig(scale=s, solver="ddim", num_steps=k, grid="uniform"))])
+            rows.append(["dpmpp_2m (teacher)", k, s, crps(teacher, GuidanceConfig(scale=s, solver="dpmpp_2m", num_steps=k, grid="logsnr"))])
             if student is not None:
                 rows.append([f"pd student ({k} steps)", k, s, crps(student, GuidanceConfig(scale=s, solver="auto"))])
             print(rows[-1], flush=True)

@@ -43,7 +43,7 @@ def test_conversions_round_trip(src, dst, sched):
 
 def test_guidance_formula_and_counters():
     net = Affine()
-    den = Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 2, 2), num_classes=3)
+    den = Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 2, 2), num_classes=3).eval()
     x, y = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
     t = torch.full((5,), 0.5)
     c = den.predict(x, t, y, kind="eps")
@@ -67,7 +67,28 @@ def test_bad_inputs_have_clear_errors():
         den(torch.randn(2, 1, 2, 2), torch.rand(3))
     with pytest.raises(ValueError, match="unknown prediction type"):
         Denoiser(Affine(), VPDiscrete(), "score")
-    with pytest.raises(ValueError, match="at least 1 step"):
-        Denoiser(Affine(), VPDiscrete(), "eps", steps=0)
+    with pytest.raises(TypeError, match="ModelCard"):
+        Denoiser(Affine(), VPDiscrete(), "eps", card={"student_steps": 2})
+    with pytest.raises(TypeError, match="Boundary"):
+        Denoiser(Affine(), VPDiscrete(), "eps", boundary={"sigma_data": 0.5, "timestep_scaling": 10.0})
     with pytest.raises(TypeError, match="Schedule"):
         Denoiser(Affine(), {"kind": "vp"}, "eps")
+
+
+def test_raw_and_training_mode_never_apply_cfg():
+    net = Affine()
+    den = Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 2, 2), num_classes=3, guidance=3.0)
+    x, y = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    t = torch.full((5,), 0.5)
+    cond_only = net(x, den.schedule.net_time(t.double()).float(), y)
+    # raw: one unguided evaluation, in any mode, whatever the default scale.
+    assert torch.allclose(den.eval().raw(x, t.double(), y), cond_only) and den.net_evals == 1
+    # Training mode: the model's default scale is not applied, and asking for CFG is an error.
+    den.train()
+    assert torch.allclose(den.predict(x, t, y, kind="eps"), cond_only)
+    with pytest.raises(RuntimeError, match="training mode"):
+        den.predict(x, t, y, guidance=2.0)
+    # Sampling mode applies the default scale: two network evaluations per call.
+    den.eval().reset_counters()
+    g = den.predict(x, t, y, kind="eps")
+    assert not torch.allclose(g, cond_only) and den.net_evals == 2

@@ -33,7 +33,7 @@ def test_class_unet_eps_x0_and_cfg(class_unet):
     den = from_diffusers(class_unet, sched)
     assert isinstance(den.schedule, VPDiscrete) and den.prediction == "eps"
     assert den.sample_shape == (3, 8, 8) and den.num_classes == 3
-    assert den.info == {"source": "diffusers", "class": "UNet2DModel"}
+    assert dict(den.card.provenance) == {"source": "diffusers", "class": "UNet2DModel"}
     x, n, labels = _x((2, 3, 8, 8)), torch.tensor([10, 500]), torch.tensor([0, 2])
     t = den.schedule.timestep_to_t(n)
 
@@ -91,7 +91,7 @@ def test_save_and_load_round_trip(class_unet, tmp_path):
     sched.save_pretrained(tmp_path / "scheduler")
     mem = from_diffusers(class_unet, sched, guidance=1.5)
     disk = load_diffusers(tmp_path, guidance=1.5)
-    assert disk.info["source"] == "diffusers" and disk.info["class"] == "UNet2DModel"
+    assert disk.card.provenance["source"] == "diffusers" and disk.card.provenance["class"] == "UNet2DModel"
     assert disk.schedule == mem.schedule and disk.num_classes == mem.num_classes == 3
     x, t, labels = _x((2, 3, 8, 8), seed=3), torch.tensor([0.3, 0.8]), torch.tensor([1, 0])
     torch.testing.assert_close(disk(x, t, labels), mem(x, t, labels), atol=1e-6, rtol=0)
@@ -137,7 +137,7 @@ def test_text_unet_cfg_with_null_embedding(text_unet):
     sched = diffusers.DDPMScheduler()
     emb, null = _x((2, 5, 8), seed=4), _x((5, 8), seed=5)
     den = from_diffusers(text_unet, sched, null_embedding=null, guidance=3.0)
-    assert den.sample_shape == (4, 8, 8) and den.info["class"] == "UNet2DConditionModel"
+    assert den.sample_shape == (4, 8, 8) and den.card.provenance["class"] == "UNet2DConditionModel"
     x, n = _x((2, 4, 8, 8), seed=6), torch.tensor([100, 900])
     t = den.schedule.timestep_to_t(n)
     c = text_unet(x, n, encoder_hidden_states=emb).sample
@@ -185,7 +185,7 @@ def dit():
 def test_dit_labels_learned_sigma_and_cfg(dit):
     den = from_diffusers(dit, diffusers.DDIMScheduler())
     assert den.num_classes == 4 and den.sample_shape == (4, 8, 8)
-    assert den.info["class"] == "DiTTransformer2DModel"
+    assert den.card.provenance["class"] == "DiTTransformer2DModel"
     x, n, labels = _x((2, 4, 8, 8), seed=7), torch.tensor([50, 700]), torch.tensor([3, 1])
     t = den.schedule.timestep_to_t(n)
     full = dit(x, timestep=n, class_labels=labels).sample

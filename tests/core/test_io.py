@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from fewstep.core.card import ModelCard
 from fewstep.core.checkpoints import load_denoiser, save_denoiser
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.io import CheckpointError, load_weights, save_weights
@@ -14,7 +15,7 @@ CFG = UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1, 2), n
 
 def _den(prediction="v"):
     torch.manual_seed(0)
-    return Denoiser(UNet(CFG), VPDiscrete("scaled_linear", 0.00085, 0.012), prediction, sample_shape=(1, 8, 8), num_classes=3, info={"dataset": "toy"})
+    return Denoiser(UNet(CFG), VPDiscrete("scaled_linear", 0.00085, 0.012), prediction, sample_shape=(1, 8, 8), num_classes=3, card=ModelCard(provenance={"dataset": "toy"}))
 
 
 def test_denoiser_round_trip(tmp_path):
@@ -22,10 +23,10 @@ def test_denoiser_round_trip(tmp_path):
     with torch.no_grad():
         for p in den.net.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    save_denoiser(den, tmp_path / "m", card={"made_by": "test"})
+    save_denoiser(den, tmp_path / "m", provenance={"made_by": "test"})
     back = load_denoiser(tmp_path / "m")
     assert back.schedule == den.schedule and back.prediction == "v" and back.num_classes == 3
-    assert back.info == {"dataset": "toy"} and back.card["made_by"] == "test"
+    assert dict(back.card.provenance) == {"dataset": "toy", "made_by": "test"} and back.card.sampler is None
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     den.eval()
     assert torch.equal(den(x, 0.3, y), back(x, 0.3, y))

@@ -50,7 +50,7 @@ def test_quantize_cli_writes_a_model_evaluate_can_load(tmp_path):
                                  "--calib-steps", "6", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "MB ->" in r.output
-    r = runner.invoke(image_app, ["evaluate", str(out), "--n", "40", "--steps", "6", "--json"])
+    r = runner.invoke(image_app, ["evaluate", str(out), "--n", "40", "--num-steps", "6", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.output.strip().splitlines()[-1])
     assert report["accuracy"] > 0.8
@@ -65,7 +65,7 @@ def test_quantize_cli_reports_bad_input():
 
 def test_prune_cli_writes_a_smaller_model(tmp_path):
     out = tmp_path / "digits-pruned"
-    r = runner.invoke(core_app, ["prune", "digits-teacher", "--ratio", "0.2", "--iters", "2", "--steps", "4",
+    r = runner.invoke(core_app, ["prune", "digits-teacher", "--ratio", "0.2", "--iterations", "2", "--num-steps", "4",
                                  "--batch", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "parameters" in r.output

@@ -27,7 +27,7 @@ def test_digits_teacher_samples_are_recognisable():
     torch.manual_seed(0)
     den = load_model("digits-teacher")
     y = torch.arange(300) % 10
-    x = sample(den, torch.randn(300, 1, 16, 16), "dpmpp_2m", steps=20, cond=y).clamp(-1, 1)
+    x = sample(den, torch.randn(300, 1, 16, 16), "dpmpp_2m", num_steps=20, cond=y).clamp(-1, 1)
     q = evaluate_samples("digits", x, y)
     assert q.accuracy >= 0.9, q
     assert q.dfd < 5.0, q
@@ -38,7 +38,7 @@ def test_shapes_teacher_samples_are_recognisable():
     torch.manual_seed(0)
     den = load_model("shapes-teacher")
     y = torch.arange(120) % 12
-    x = sample(den, torch.randn(120, 3, 32, 32), "dpmpp_2m", steps=10, cond=y, denoise_to_zero=True).clamp(-1, 1)
+    x = sample(den, torch.randn(120, 3, 32, 32), "dpmpp_2m", num_steps=10, cond=y, denoise_to_zero=True).clamp(-1, 1)
     q = evaluate_samples("shapes", x, y)
     assert q.accuracy >= 0.8, q  # 0.91 at n = 480, 20 steps (docs/benchmarks/teachers.md)
     assert min(q.class_histogram) > 0, q  # every shape x colour class is produced
@@ -50,13 +50,13 @@ def test_guidance_sharpens_class_agreement():
     noise = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     acc = {}
     for w in (0.0, 3.0):  # w = 0 is the unconditional model
-        x = sample(den, noise, "dpmpp_2m", steps=10, cond=y, guidance=w).clamp(-1, 1)
+        x = sample(den, noise, "dpmpp_2m", num_steps=10, cond=y, guidance=w).clamp(-1, 1)
         acc[w] = evaluate_samples("digits", x, y).accuracy
     assert acc[3.0] > acc[0.0] + 0.5, acc
 
 
 def test_evaluate_cli_json():
-    r = runner.invoke(app, ["evaluate", "digits-teacher", "--steps", "4", "--n", "40", "--json"])
+    r = runner.invoke(app, ["evaluate", "digits-teacher", "--num-steps", "4", "--n", "40", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output.strip().splitlines()[-1])
     assert {"dfd", "accuracy", "recall", "nfe", "seconds_per_sample"} <= set(d)
@@ -66,7 +66,7 @@ def test_evaluate_cli_json():
 def test_cli_errors_are_clear():
     r = runner.invoke(app, ["evaluate", "nope"])
     assert r.exit_code == 2 and "neither a checkpoint path" in r.output
-    r = runner.invoke(app, ["evaluate", "digits-teacher", "--steps", "0"])
+    r = runner.invoke(app, ["evaluate", "digits-teacher", "--num-steps", "0"])
     assert r.exit_code == 2 and "at least 1 step" in r.output
 
 
@@ -76,10 +76,10 @@ def test_models_cli_lists_every_shipped_model():
 
 
 def test_train_teacher_cli_writes_a_loadable_checkpoint(tmp_path):
-    r = runner.invoke(app, ["train-teacher", "digits", "--out", str(tmp_path / "t"), "--steps", "3"])
+    r = runner.invoke(app, ["train-teacher", "digits", "--out", str(tmp_path / "t"), "--iterations", "3"])
     assert r.exit_code == 0, r.output
     den = load_model(tmp_path / "t")
-    assert den.info["train_steps"] == 3 and den.sample_shape == (1, 16, 16)
+    assert den.card.provenance["iterations"] == 3 and den.sample_shape == (1, 16, 16)
 
 
 def test_demo_writes_report(tmp_path):

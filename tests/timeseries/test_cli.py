@@ -34,17 +34,18 @@ def user_csv(tmp_path_factory):
 def trained(user_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "m"
     _invoke("train", "--out", out, "--csv", user_csv, "--freq", "h", "--prediction-length", 24, "--windows", 2,
-            "--steps", 300, "--hidden", 32, "--layers", 2)
+            "--iterations", 300, "--hidden", 32, "--layers", 2)
     return out
 
 
 def test_train_writes_a_checkpoint_with_its_card(trained):
     card = json.loads(trained.with_suffix(".json").read_text())
-    assert card["info"]["tsdiff"]["prediction_length"] == 24 and card["info"]["tsdiff"]["freq"] == "h"
+    facts = card["card"]["provenance"]
+    assert facts["tsdiff"]["prediction_length"] == 24 and facts["tsdiff"]["freq"] == "h"
 
 
 def test_forecast_writes_quantiles_and_a_plot(trained, user_csv, tmp_path):
-    out = _invoke("forecast", trained, "--csv", user_csv, "--solver", "dpmpp_2m", "--steps", 10, "--num-samples", 16,
+    out = _invoke("forecast", trained, "--csv", user_csv, "--solver", "dpmpp_2m", "--num-steps", 10, "--num-samples", 16,
                   "--plot", tmp_path / "f.png", "--out", tmp_path / "f.csv")
     assert "load" in out or "temp" in out
     q = pd.read_csv(tmp_path / "f.csv")
@@ -56,7 +57,7 @@ def test_forecast_writes_quantiles_and_a_plot(trained, user_csv, tmp_path):
 
 def test_evaluate_json_scores_tsdiff_and_the_baseline(trained, user_csv):
     out = _invoke("evaluate", trained, "--csv", user_csv, "--freq", "h", "--windows", 2, "--solver", "dpmpp_2m",
-                  "--steps", 10, "--num-samples", 16, "--deepar-epochs", 0, "--json")
+                  "--num-steps", 10, "--num-samples", 16, "--deepar-epochs", 0, "--json")
     r = json.loads(out)
     assert r["test_windows"] == 4 and r["prediction_length"] == 24
     for name in ("tsdiff", "seasonal_naive"):
@@ -73,7 +74,7 @@ def test_refine_json_improves_seasonal_naive(trained, user_csv):
 
 
 def test_demo_writes_its_report_and_plot(tmp_path):
-    out = _invoke("demo", "--out", tmp_path / "demo", "--steps", 30, "--num-samples", 4)
+    out = _invoke("demo", "--out", tmp_path / "demo", "--iterations", 30, "--num-samples", 4)
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "CRPS" in report and "TSDiff guided" in report and out.startswith("# fewstep-ts demo")
     assert (tmp_path / "demo" / "forecast.png").stat().st_size > 1000
@@ -81,8 +82,8 @@ def test_demo_writes_its_report_and_plot(tmp_path):
 
 def test_distill_then_forecast_with_the_students_own_rule(trained, user_csv, tmp_path):
     _invoke("distill", trained, "--out", tmp_path / "s", "--csv", user_csv, "--freq", "h", "--windows", 2,
-            "--steps", 2, "--iters", 8)
+            "--student-steps", 2, "--iterations", 8)
     card = json.loads((tmp_path / "s.json").read_text())
-    assert card["steps"] == 2 and card["info"]["tsdiff"]["prediction_length"] == 24
+    assert card["card"]["student_steps"] == 2 and card["card"]["provenance"]["tsdiff"]["prediction_length"] == 24
     _invoke("forecast", tmp_path / "s", "--csv", user_csv, "--solver", "auto", "--num-samples", 4, "--out", tmp_path / "f.csv")
     assert len(pd.read_csv(tmp_path / "f.csv")) == 2 * 24

@@ -29,7 +29,7 @@ def test_student_follows_the_teacher_sampler_better_than_the_teacher_at_4_steps(
 
 
 def test_student_carries_the_window_and_forecasts_at_its_own_nfe(shipped, student, seasonal):
-    assert student.steps == 4 and tsdiff_config(student) == tsdiff_config(shipped)
+    assert student.card.student_steps == 4 and tsdiff_config(student) == tsdiff_config(shipped)
     from gluonts.dataset.common import ListDataset
 
     one = ListDataset(list(seasonal.test)[:1], freq=seasonal.freq)

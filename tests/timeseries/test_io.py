@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from fewstep.core.card import ModelCard
 from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.io import CheckpointError
 from fewstep.timeseries import TSDiffConfig, build_tsdiff, load_tsdiff, save_tsdiff, tsdiff_config
@@ -23,7 +24,7 @@ def test_save_load_round_trip(tmp_path):
     cfg, den = _tiny()
     save_tsdiff(den, tmp_path / "m", {"data": "unit"})
     card = json.loads((tmp_path / "m.json").read_text())
-    assert card["net"]["kind"] == "tsdiff_s4" and card["info"]["tsdiff"]["lags"] == [6] and card["data"] == "unit"
+    assert card["net"]["kind"] == "tsdiff_s4" and card["card"]["provenance"]["tsdiff"]["lags"] == [6] and card["card"]["provenance"]["data"] == "unit"
     back = load_tsdiff(tmp_path / "m")
     assert isinstance(back.net, TSDiffNet) and tsdiff_config(back) == cfg
     assert back.sample_shape == (2, 18) and back.prediction == "eps"
@@ -46,7 +47,7 @@ def test_corrupt_or_foreign_checkpoints(tmp_path):
     w.write_bytes(w.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match="truncated"):
         load_tsdiff(tmp_path / "m")
-    den.info = {}
+    den.card = ModelCard()
     with pytest.raises(ValueError, match="no TSDiff window settings"):
         save_tsdiff(den, tmp_path / "n")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint path"):

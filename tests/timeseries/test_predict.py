@@ -28,14 +28,14 @@ def test_guidance_beats_unguided_samples(shipped, windows, solver, steps, grid, 
     scale, bound = (4.0, 0.5) if energy == "quantile" else (0.3, 0.8)
     errs = {}
     for s in (0.0, scale):
-        g = GuidanceConfig(energy=energy, scale=s, solver=solver, steps=steps, grid=grid)
+        g = GuidanceConfig(energy=energy, scale=s, solver=solver, num_steps=steps, grid=grid)
         out = guided_sample(shipped, x * mask, mask, 8, g, generator=torch.Generator().manual_seed(0))
         errs[s] = _future_error(out, x, cfg.context_length)
     assert errs[scale] < bound * errs[0.0], errs
 
 
 def test_predictor_yields_sample_forecasts(shipped, seasonal):
-    pred = tsdiff_predictor(shipped, GuidanceConfig(solver="dpmpp_2m", steps=10, grid="logsnr", scale=1.0), num_samples=4)
+    pred = tsdiff_predictor(shipped, GuidanceConfig(solver="dpmpp_2m", num_steps=10, grid="logsnr", scale=1.0), num_samples=4)
     entries = list(seasonal.test)[:2]
     forecasts = list(pred.predict([{**e, "target": e["target"][:-24]} for e in entries]))
     assert len(forecasts) == 2 and all(isinstance(f, SampleForecast) for f in forecasts)

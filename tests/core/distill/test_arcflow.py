@@ -105,7 +105,7 @@ def test_equal_components_without_rates_are_the_teachers_ddim():
     net = wide_student_net(teacher.net, 3, (0.0, 0.0), noise=0.0)
     student = make_student(teacher, obj.student_spec(teacher).__class__(net=net), 2, obj.sampler(teacher, 2)).eval()
     z, y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
-    grid = torch.tensor(student.sampler["grid"], dtype=torch.float64)
+    grid = torch.tensor(student.card.sampler.grid, dtype=torch.float64)
     ref = sample(teacher, z, "ddim", grid=grid, cond=y)
     assert torch.allclose(sample(student, z, cond=y), ref, atol=1e-4)
     assert student.nfe == 2
@@ -133,7 +133,7 @@ def test_teacher_share_decays():
     m = arc_module(rf_den(MomentumFieldNet(wide=False)), replace(obj, components=3), MomentumFieldNet(), total=10)
     shares = []
     for step in (0, 2, 5, 9):
-        m.step.fill_(step)
+        m.iteration.fill_(step)
         shares.append(obj.teacher_share(m))
     assert shares == [1.0, 0.6, 0.0, 0.0]
 
@@ -167,7 +167,7 @@ def test_two_nfe_beats_the_teachers_two_euler_steps(tmp_path):
     z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(5))
     ref = sample(teacher, z, "dpmpp_2m", 32)
     obj = ArcFlow(components=4, intermediate=2)
-    grid = torch.tensor(obj.sampler(teacher, 2)["grid"], dtype=torch.float64)
+    grid = torch.tensor(obj.sampler(teacher, 2).grid, dtype=torch.float64)
     euler = sliced_wasserstein(sample(teacher, z, "ddim", grid=grid), ref)
     torch.manual_seed(0)
     spec = replace(obj.student_spec(teacher), net=WideMLP(wide_channels(4, 2)))
@@ -187,7 +187,7 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     distill(teacher, ArcFlow(components=4), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.sampler["solver"] == "arcflow" and student.net.config.out_channels == wide_channels(4, 1)
-    assert student.schedule == teacher.schedule and math.isclose(student.sampler["grid"][0], teacher.schedule.t_max)
+    assert student.card.sampler.solver == "arcflow" and student.net.config.out_channels == wide_channels(4, 1)
+    assert student.schedule == teacher.schedule and math.isclose(student.card.sampler.grid[0], teacher.schedule.t_max)
     x = sample(student, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and student.nfe == 2

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from fewstep.core.checkpoints import load_denoiser
+from fewstep.core.card import ModelCard, SamplerRule
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, DistillModule, distill, make_student
 from fewstep.core.distill.boot import BOOT
-from fewstep.core.distill.steps import alpha_sigma
+from fewstep.core.updates import alpha_sigma
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
@@ -87,8 +88,8 @@ def test_boot_gradients_reach_only_the_student():
 def test_sample_boot_is_one_evaluation_at_t_min():
     sched = VPDiscrete()
     torch.manual_seed(0)
-    student = Denoiser(MLPNet(2, 16, 4), sched, "x0", sample_shape=(2,), num_classes=4, steps=1,
-                       sampler=BOOT().sampler(gmm_teacher(), 1)).eval()
+    student = Denoiser(MLPNet(2, 16, 4), sched, "x0", sample_shape=(2,), num_classes=4,
+                       card=ModelCard(student_steps=1, sampler=BOOT().sampler(gmm_teacher(), 1))).eval()
     noise, cond = torch.randn(8, 2), torch.arange(8) % 4
     student.reset_counters()
     out = sample(student, noise, cond=cond)
@@ -108,7 +109,7 @@ def test_boot_toy_data_free_one_step_student_approaches_teacher(tmp_path):
     teacher = gmm_teacher()
     g = torch.Generator().manual_seed(1)
     noise, cond = torch.randn(1000, 2, generator=g), torch.arange(1000) % 4
-    ref = sample(teacher, noise, "ddim", steps=64, cond=cond, denoise_to_zero=True)
+    ref = sample(teacher, noise, "ddim", num_steps=64, cond=cond, denoise_to_zero=True)
     obj = BOOT(grid_steps=8)
     torch.manual_seed(0)
     net = MLPNet(2, 64, 4)
@@ -127,7 +128,7 @@ def test_boot_smoke_distill_saves_and_reloads(tmp_path, steps):
     cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
     res = distill(teacher, BOOT(grid_steps=4), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.sampler == {"solver": "boot", "grid": [1.0, 0.0]} and student.prediction == "x0"
+    assert student.card.sampler == SamplerRule("boot", [1.0, 0.0]) and student.prediction == "x0"
     noise, cond = torch.randn(3, 1, 8, 8), torch.arange(3)
     student.reset_counters()
     out = sample(student, noise, cond=cond)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from fewstep.core.card import ModelCard, SamplerRule
 from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import (
@@ -19,7 +20,7 @@ from fewstep.core.distill import (
     make_student,
     teacher_trajectories,
 )
-from fewstep.core.distill.base import noise_to
+from fewstep.core.updates import noise_to
 from fewstep.core.distill.consistency import (
     ConsistencyDistillation,
     HyperSD,
@@ -34,7 +35,7 @@ from fewstep.core.distill.consistency import (
     sub_path_point,
 )
 from fewstep.core.distill.gan import Discriminator, gan_losses, r1_penalty
-from fewstep.core.distill.steps import alpha_sigma, ddim_jump, ddim_x0, sde_step
+from fewstep.core.updates import alpha_sigma, ddim_jump, ddim_x0, sde_step
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import ddim_step, sample
 from fewstep.core.train import TrainConfig
@@ -122,7 +123,7 @@ def test_cd_loss_vanishes_for_the_exact_ode_map():
     x0 = torch.tensor(mu) + s * torch.randn(4096, 2, generator=torch.Generator().manual_seed(0))
 
     def loss(intervals, net):
-        student = Denoiser(net, sched, "x0", sample_shape=(2,), steps=1)
+        student = Denoiser(net, sched, "x0", sample_shape=(2,), card=ModelCard(student_steps=1))
         obj = ConsistencyDistillation(intervals=intervals)
         return float(obj.loss(_module(teacher, student, obj), Batch(x0, None), torch.Generator().manual_seed(1)).mean())
 
@@ -134,7 +135,7 @@ def test_cd_loss_vanishes_for_the_exact_ode_map():
 
 
 def _traj_batch(teacher, n=64, steps=16):
-    tr = teacher_trajectories(teacher, TrajectoryConfig(n=n, solver="ddim", steps=steps, grid="uniform", batch_size=n), progress=False)
+    tr = teacher_trajectories(teacher, TrajectoryConfig(n=n, solver="ddim", num_steps=steps, grid="uniform", batch_size=n), progress=False)
     traj = tr["traj"]
     return Batch(traj[:, -1], tr.get("cond"), traj, tr["traj_t"].expand(n, -1))
 
@@ -147,7 +148,7 @@ def test_segment_losses_vanish_for_the_teacher_with_one_segment_per_step():
     gen = lambda: torch.Generator().manual_seed(0)
 
     def mlcm(segments, steps):
-        student = Denoiser(copy.deepcopy(teacher.net), teacher.schedule, "x0", sample_shape=(2,), steps=steps)
+        student = Denoiser(copy.deepcopy(teacher.net), teacher.schedule, "x0", sample_shape=(2,), card=ModelCard(student_steps=steps))
         obj = MultistepConsistency(segments=(segments,))
         return obj.loss(_module(teacher, student, obj), batch, gen())
 
@@ -155,7 +156,7 @@ def test_segment_losses_vanish_for_the_teacher_with_one_segment_per_step():
     assert float(mlcm(2, 2).mean()) > 0.05
 
     def hyper(segments, steps):
-        student = Denoiser(copy.deepcopy(teacher.net), teacher.schedule, "x0", sample_shape=(2,), steps=steps)
+        student = Denoiser(copy.deepcopy(teacher.net), teacher.schedule, "x0", sample_shape=(2,), card=ModelCard(student_steps=steps))
         obj = HyperSD(segments=(segments,), intervals=10, dmd_weight=0.0)
         return obj.loss(_module(teacher, student, obj), Batch(gmm_data(256)[0], None), gen())
 
@@ -165,11 +166,11 @@ def test_segment_losses_vanish_for_the_teacher_with_one_segment_per_step():
 
 def test_progressive_segments_follow_training_progress():
     teacher = uncond_teacher()
-    student = Denoiser(MLPNet(2, 16), teacher.schedule, "x0", sample_shape=(2,), steps=1)
+    student = Denoiser(MLPNet(2, 16), teacher.schedule, "x0", sample_shape=(2,), card=ModelCard(student_steps=1))
     module = _module(teacher, student, HyperSD(dmd_weight=0.0), total=100)
     seen = []
     for step in (0, 24, 25, 50, 75, 99):
-        module.step.fill_(step)
+        module.iteration.fill_(step)
         seen.append(current_segments(module, (8, 4, 2, 1)))
     assert seen == [8, 8, 4, 2, 1, 1]
 
@@ -200,7 +201,7 @@ def test_sub_path_points_and_gamma_one_is_the_plain_student():
         ref = student(x, tt, cond)
         out = gamma_x0(student, x, tt, alpha_sigma(sched, tt)[1], torch.ones(3, dtype=torch.float64), cond)
         assert torch.allclose(out, ref, atol=1e-5)
-    assert student.guidance_embedded is False and make_student(unet, make_objective("slam").student_spec(unet), 1, {"solver": "consistency"}).guidance_embedded
+    assert student.guidance_embedded is False and make_student(unet, make_objective("slam").student_spec(unet), 1, SamplerRule("consistency")).guidance_embedded
 
 
 # -- gradients go where they should --------------------------------------------------------------------
@@ -210,13 +211,13 @@ def test_gradients_reach_only_trainable_parts(name):
     obj = make_objective(name)
     steps = 1
     student = make_student(teacher, obj.student_spec(teacher), steps, obj.sampler(teacher, steps))
-    module = DistillModule(teacher, student, obj, total_steps=4)
+    module = DistillModule(teacher, student, obj, total_iterations=4)
     g = torch.Generator().manual_seed(0)
     if name == "mlcm":
         batch = _traj_batch(teacher, n=6, steps=4)
     else:
         batch = Batch(torch.rand(6, 1, 8, 8, generator=g) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2]))
-    module.step.fill_(3)  # the last stage (Hyper-SD's one-step DMD term is on)
+    module.iteration.fill_(3)  # the last stage (Hyper-SD's one-step DMD term is on)
     loss = module(batch.x0, batch.cond, batch.traj, batch.traj_t, g)
     assert loss.shape == (6,) and bool(torch.isfinite(loss).all())
     loss.mean().backward()
@@ -290,7 +291,7 @@ def test_toy_training_moves_the_student_to_the_teacher(name, toy, tmp_path):
     gen = lambda: torch.Generator().manual_seed(1)
     sw0 = sliced_wasserstein(sample(before.eval(), noise, generator=gen()), ref)
     cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=iters, batch_size=128, lr=2e-3, warmup_iterations=10, ema_decay=0.99, progress=False),
-                        trajectories=TrajectoryConfig(n=1024, steps=16, batch_size=1024))
+                        trajectories=TrajectoryConfig(n=1024, num_steps=16, batch_size=1024))
     res = distill(teacher, obj, cfg, None, data=(x, None), work_dir=tmp_path, student_net=copy.deepcopy(net), progress=False)
     sw = sliced_wasserstein(sample(res.student, noise, generator=gen()), ref)
     assert sw < 0.6 * sw0, (sw0, sw)
@@ -303,10 +304,10 @@ def test_tiny_unet_checkpoint_round_trip(name, tmp_path):
     g = torch.Generator().manual_seed(0)
     data = (torch.rand(32, 1, 8, 8, generator=g) * 2 - 1, torch.arange(32) % 3)
     cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False),
-                        trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8))
+                        trajectories=TrajectoryConfig(n=8, num_steps=4, batch_size=8))
     res = distill(teacher, make_objective(name), cfg, tmp_path / "s", data=data, progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.steps == 2 and student.sampler == res.student.sampler and student.info["distilled_by"] == name
+    assert student.card.student_steps == 2 and student.card.sampler == res.student.card.sampler and student.card.provenance["distilled_by"] == name
     z = torch.randn(3, 1, 8, 8, generator=g)
     cond = torch.tensor([0, 1, 2])
     student.reset_counters()
@@ -315,4 +316,4 @@ def test_tiny_unet_checkpoint_round_trip(name, tmp_path):
     assert out.shape == z.shape and student.nfe == 2 and torch.allclose(out, ref, atol=1e-5)
     if name == "mlcm":  # the rule follows the trajectory grid the student trained on
         traj_t = teacher_trajectories(teacher, cfg.trajectories, progress=False)["traj_t"].double()
-        assert student.sampler["grid"] == pytest.approx(boundary_grid(traj_t, 2))
+        assert student.card.sampler.grid == pytest.approx(boundary_grid(traj_t, 2))

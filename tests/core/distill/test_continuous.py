@@ -67,11 +67,11 @@ def test_trigflow_state_and_consistency_function_are_x0(schedule, prediction):
 def test_sampler_grid_follows_the_papers_times():
     sched = VPDiscrete()
     for steps in (1, 2, 4):
-        grid = SCM().sampler(gmm_teacher(), steps)["grid"]
+        grid = SCM().sampler(gmm_teacher(), steps).grid
         assert len(grid) == steps + 1 and grid[0] == sched.t_max and grid[-1] == 0.0
         assert all(b < a for a, b in pairwise(grid))
     for sigma_data in (1.0, 0.5):  # the mid time 1.1 read with unit noise, or in sCM's sigma_d = 0.5
-        mid = torch.tensor(SCM(sigma_data=sigma_data).sampler(gmm_teacher(), 2)["grid"][1], dtype=torch.float64)
+        mid = torch.tensor(SCM(sigma_data=sigma_data).sampler(gmm_teacher(), 2).grid[1], dtype=torch.float64)
         assert math.isclose(float(torch.tan(tau_of_t(sched, mid))), sigma_data * math.tan(1.1), rel_tol=1e-6)
     taus = tbcm_route_times(sched, 2000, 16, 1.0, torch.Generator().manual_seed(0))
     lo, hi = tau_range(sched)
@@ -138,10 +138,10 @@ def test_loss_vanishes_at_the_exact_consistency_map(method):
 
     def loss_of(mu_student):
         student = Denoiser(GaussianConsistencyNet(mu_student, s, sched), sched, "x0", sample_shape=(2,))
-        module = DistillModule(teacher, student, obj, total_steps=10)
+        module = DistillModule(teacher, student, obj, total_iterations=10)
         gen = torch.Generator().manual_seed(0)
         if method == "tbcm":
-            tr = teacher_trajectories(teacher, TrajectoryConfig(n=64, steps=16), progress=False)
+            tr = teacher_trajectories(teacher, TrajectoryConfig(n=64, num_steps=16), progress=False)
             batch = Batch(x0=tr["traj"][:, -1], cond=None, traj=tr["traj"], traj_t=tr["traj_t"].expand(64, -1))
         else:
             x0 = torch.tensor(mu) + s * torch.randn(64, 2, generator=gen)
@@ -163,10 +163,10 @@ def _module(method, **opts):
     teacher = mlp_denoiser(VPDiscrete(), "eps", seed=3).eval()
     obj = make_objective(method, tangent_warmup=0.0, **opts)
     student = make_student(teacher, obj.student_spec(teacher), 1, obj.sampler(teacher, 1))
-    module = DistillModule(teacher, student, obj, total_steps=10)
+    module = DistillModule(teacher, student, obj, total_iterations=10)
     x0, y = gmm_data(32)
     if method == "tbcm":
-        tr = teacher_trajectories(teacher, TrajectoryConfig(n=32, steps=6), progress=False)
+        tr = teacher_trajectories(teacher, TrajectoryConfig(n=32, num_steps=6), progress=False)
         batch = Batch(tr["traj"][:, -1], tr["cond"], tr["traj"], tr["traj_t"].expand(32, -1))
     else:
         batch = Batch(x0, y)
@@ -226,7 +226,7 @@ def _toy_run(tmp_path, method, steps, lr, **opts):
     )
     g = torch.Generator().manual_seed(5)
     noise, labels = torch.randn(1000, 2, generator=g), torch.arange(1000) % 4
-    ref = sample(teacher, noise, solver="dpmpp_2m", steps=30, cond=labels)
+    ref = sample(teacher, noise, solver="dpmpp_2m", num_steps=30, cond=labels)
     return [sliced_wasserstein(sample(s.eval(), noise, cond=labels), ref) for s in (res.student, untrained)]
 
 
@@ -248,13 +248,13 @@ def test_smoke_tiny_unet_checkpoint_round_trip(tmp_path, method):
     cfg = DistillConfig(
         student_steps=2,
         train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False),
-        trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8),
+        trajectories=TrajectoryConfig(n=8, num_steps=4, batch_size=8),
     )
     res = distill(teacher, make_objective(method), cfg, tmp_path / "s", data=data, progress=False)
     loaded = load_denoiser(tmp_path / "s")
-    assert loaded.sampler == res.student.sampler and loaded.sampler["solver"] == "consistency"
-    assert loaded.info["distilled_by"] == method
-    json.dumps(loaded.info["objective"])
+    assert loaded.card.sampler == res.student.card.sampler and loaded.card.sampler.solver == "consistency"
+    assert loaded.card.provenance["distilled_by"] == method
+    json.dumps(loaded.card.provenance["objective"])
     x = sample(loaded, torch.randn(4, 1, 8, 8, generator=g), cond=torch.arange(4) % 3, generator=g)
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
     assert loaded.nfe == 2

@@ -13,7 +13,8 @@ from torch import nn
 from fewstep.core.checkpoints import load_denoiser
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, distill
-from fewstep.core.distill.base import Batch, DistillModule, make_student, noise_to
+from fewstep.core.distill.base import Batch, DistillModule, make_student
+from fewstep.core.updates import noise_to
 from fewstep.core.distill.decoupled import (
     DecoupledDMD,
     FlashDMD,
@@ -73,7 +74,7 @@ def toy_module(obj, steps=1, seed=0, student_net=None):
     torch.manual_seed(seed)
     spec = replace(obj.student_spec(teacher), net=student_net or MLPNet(2, 32, 4))
     student = make_student(teacher, spec, steps, obj.sampler(teacher, steps))
-    return DistillModule(teacher, student, obj, total_steps=10)
+    return DistillModule(teacher, student, obj, total_iterations=10)
 
 
 def toy_batch(n=32, seed=0):
@@ -109,7 +110,7 @@ def test_ca_is_w_minus_one_times_cond_minus_uncond_and_ca_plus_dm_is_guided_dmd(
 
 def test_dm_term_is_zero_when_fake_equals_real():
     module = toy_module(DecoupledDMD(terms=("dm",)))
-    parts = module.objective.parts(module, toy_batch(), torch.Generator().manual_seed(0))
+    parts = module.objective.loss_terms(module, toy_batch(), torch.Generator().manual_seed(0))
     assert float(parts["dm"].abs().max()) == 0.0
     grads = torch.autograd.grad(parts["dm"].sum(), list(module.student.parameters()), allow_unused=True)
     assert all(gr is None or float(gr.abs().max()) == 0.0 for gr in grads)
@@ -126,7 +127,7 @@ def test_terms_ablation_routes_gradients():
     full = toy_module(DecoupledDMD())
     with torch.no_grad():  # a fake score that differs from the teacher, so DM is not zero
         full.critic.net.means.add_(0.2)
-    parts = full.objective.parts(full, toy_batch(), torch.Generator().manual_seed(1))
+    parts = full.objective.loss_terms(full, toy_batch(), torch.Generator().manual_seed(1))
     assert set(parts) == {"ca", "dm", "critic"}
     for terms in (("dm",), ("ca",)):
         ab = toy_module(DecoupledDMD(terms=terms))
@@ -135,7 +136,7 @@ def test_terms_ablation_routes_gradients():
             ab.critic.load_state_dict(full.critic.state_dict())
         else:
             assert not hasattr(ab, "critic")
-        ab_parts = ab.objective.parts(ab, toy_batch(), torch.Generator().manual_seed(1))
+        ab_parts = ab.objective.loss_terms(ab, toy_batch(), torch.Generator().manual_seed(1))
         (kept,) = terms
         dropped = "ca" if kept == "dm" else "dm"
         assert dropped not in ab_parts
@@ -177,9 +178,9 @@ def test_options_are_validated():
 def test_backward_simulation_runs_the_students_own_steps():
     obj = DecoupledDMD()
     module = toy_module(obj, steps=4)
-    times = [float(t) for t in obj.sampler(module.teacher, 4)["grid"][:-1]]
+    times = [float(t) for t in obj.sampler(module.teacher, 4).grid[:-1]]
     for step in range(4):
-        module.step.fill_(step)
+        module.iteration.fill_(step)
         x, t = backward_simulate(module, 8, torch.arange(8) % 4, torch.Generator().manual_seed(0))
         assert (
             x.shape == (8, 2)
@@ -208,7 +209,7 @@ def test_flash_pixel_gan_only_sees_low_noise_and_each_network_gets_its_own_gradi
     module = toy_module(obj)
     seen = []
     module.disc.register_forward_pre_hook(lambda m, args: seen.append(args[1].detach().clone()))
-    parts = obj.parts(module, toy_batch(), torch.Generator().manual_seed(0))
+    parts = obj.loss_terms(module, toy_batch(), torch.Generator().manual_seed(0))
     sched = module.teacher.schedule
     limit = float(sched.net_time(torch.tensor(sched.t_min + 0.2 * (sched.t_max - sched.t_min), dtype=torch.float64)))
     assert len(seen) == 3 and all(float(s.max()) < limit for s in seen)  # generator, fake and real calls
@@ -225,15 +226,15 @@ def test_flash_pixel_gan_only_sees_low_noise_and_each_network_gets_its_own_gradi
 
 def test_flash_reward_term_is_skipped_at_zero_weight_and_needs_a_reward_otherwise():
     module = toy_module(FlashDMD())
-    assert "reward" not in module.objective.parts(module, toy_batch(), torch.Generator().manual_seed(0))
+    assert "reward" not in module.objective.loss_terms(module, toy_batch(), torch.Generator().manual_seed(0))
     module = toy_module(FlashDMD(reward_weight=1.0))
     with pytest.raises(ValueError, match="no reward was given"):
         module.objective.loss(module, toy_batch(), torch.Generator().manual_seed(0))
     target = torch.tensor([2.0, 0.0])
-    module.__dict__["reward"] = lambda x, cond: -(x - target).norm(dim=1)
-    parts = module.objective.parts(module, toy_batch(), torch.Generator().manual_seed(0))
+    module.attach("reward", lambda x, cond: -(x - target).norm(dim=1))
+    parts = module.objective.loss_terms(module, toy_batch(), torch.Generator().manual_seed(0))
     assert parts["reward"].shape == (32,) and _student_grads(module, parts["reward"])[0].abs().sum() > 0
-    module.__dict__["reward"] = lambda x, cond: x.sum()  # not one value per sample
+    module.attach("reward", lambda x, cond: x.sum())  # not one value per sample
     with pytest.raises(ValueError, match="one value per sample"):
         module.objective.loss(module, toy_batch(), torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="not differentiable"):
@@ -266,7 +267,7 @@ def _run(tmp_path, obj, steps=300, lr=3e-3, reward=None, seed=0):
     g = torch.Generator().manual_seed(5)
     noise, labels = torch.randn(1000, 2, generator=g), torch.arange(1000) % 4
     with torch.no_grad():
-        ref = sample(teacher, noise, solver="dpmpp_2m", steps=30, cond=labels)
+        ref = sample(teacher, noise, solver="dpmpp_2m", num_steps=30, cond=labels)
         xs = [sample(s.eval(), noise, cond=labels) for s in (res.student, untrained)]
     return xs, ref
 
@@ -328,8 +329,8 @@ def test_checkpoint_round_trip_through_distill(tmp_path, obj):
 
     res = distill(teacher, obj, cfg, tmp_path / "s", data=data, progress=False, reward=reward)
     loaded = load_denoiser(tmp_path / "s")
-    assert loaded.info["distilled_by"] == obj.name and loaded.sampler == res.student.sampler
-    assert json.loads(json.dumps(loaded.info["objective"]))["method"] == obj.name
+    assert loaded.card.provenance["distilled_by"] == obj.name and loaded.card.sampler == res.student.card.sampler
+    assert json.loads(json.dumps(loaded.card.provenance["objective"]))["method"] == obj.name
     assert bool(calls) == (obj.name == "flash-dmd")
     from safetensors import safe_open
 

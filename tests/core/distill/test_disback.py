@@ -28,7 +28,7 @@ def module_for(obj, total, seed=0):
     tea = teacher()
     torch.manual_seed(seed)
     student = make_student(tea, replace(obj.student_spec(tea), net=MLPNet(2, 32, 4)), 1, obj.sampler(tea, 1))
-    return DistillModule(tea, student, obj, total_steps=total)
+    return DistillModule(tea, student, obj, total_iterations=total)
 
 
 def run_steps(module, n_steps, batch=64, lr=2e-2):
@@ -95,7 +95,7 @@ def test_real_score_walks_the_path_backwards(monkeypatch):
     monkeypatch.setattr(db, "dmd_direction", spy)
     gen = torch.Generator().manual_seed(0)
     for s in (rec - 1, rec, rec + 25, 99):
-        module.step.fill_(s)
+        module.iteration.fill_(s)
         module(None, torch.arange(8) % 4, None, None, gen, n=8)
     path = obj.path(module)
     assert [id(r) for r in seen] == [id(path[obj.real_index(module, s)]) for s in (rec, rec + 25, 99)]
@@ -137,7 +137,7 @@ def test_short_run_moves_one_step_student_toward_teacher(tmp_path):
     untrained = make_student(tea, replace(obj.student_spec(tea), net=MLPNet(2, 64, 4)), 1, obj.sampler(tea, 1))
     g = torch.Generator().manual_seed(5)
     noise, labels = torch.randn(1000, 2, generator=g), torch.arange(1000) % 4
-    ref = sample(tea, noise, solver="dpmpp_2m", steps=30, cond=labels)
+    ref = sample(tea, noise, solver="dpmpp_2m", num_steps=30, cond=labels)
     trained, before = (sliced_wasserstein(sample(s.eval(), noise, cond=labels), ref) for s in (res.student, untrained))
     assert trained < 0.3 * before, (trained, before)
 
@@ -156,6 +156,6 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     cfg = DistillConfig(student_steps=1, train=TrainConfig(iterations=3, batch_size=4, progress=False))
     distill(tea, DisBack(path_size=1, record_fraction=0.3), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.info["distilled_by"] == "disback" and student.sampler["solver"] == "consistency"
+    assert student.card.provenance["distilled_by"] == "disback" and student.card.sampler.solver == "consistency"
     x = sample(student, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and student.nfe == 1

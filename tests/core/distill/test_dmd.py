@@ -15,6 +15,7 @@ from fewstep.core.distill import DistillConfig, TrajectoryConfig, distill
 from fewstep.core.distill.base import Batch, DistillModule, make_student
 from fewstep.core.distill.critic import FakeScoreGAN, dmd_direction, sample_times
 from fewstep.core.distill.dmd import DMD, DMD2, backward_simulation
+from fewstep.core.parts import Part
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import sample
 from fewstep.core.train import TrainConfig
@@ -97,7 +98,7 @@ def test_dm_direction_vanishes_when_the_fake_score_is_the_teacher():
 def _module(obj, steps=1, teacher=None):
     teacher = teacher or tiny_unet_denoiser()
     student = make_student(teacher, obj.student_spec(teacher), steps, obj.sampler(teacher, steps))
-    return teacher, DistillModule(teacher, student, obj, total_steps=20)
+    return teacher, DistillModule(teacher, student, obj, total_iterations=20)
 
 
 def _image_batch(n=8, seed=0, traj_steps=None, teacher=None):
@@ -157,11 +158,12 @@ def test_dmd2_gan_head_sits_on_the_fake_score_and_gradients_separate():
 
 
 def test_critic_only_steps_leave_the_generator_unchanged_and_the_teacher_never_moves():
-    """The train loop's optimiser (one AdamW over everything, lr_scales groups): on critic-only steps
-    the generator's terms are absent (no gradient), so even with Adam momentum it does not move."""
+    """DMD2 declares its 3:1 rule as the critic's update ratio; on critic-only iterations the
+    generator's terms are absent (no gradient), so even one AdamW over everything with Adam
+    momentum leaves it where it is (the train loop does not even step its optimiser then)."""
     obj = DMD2(critic_updates=3, critic_lr_scale=2.0, gan_weight=0.1)
     teacher, module = _module(obj)
-    assert module.lr_scales() == {"critic": 2.0}
+    assert module.parts() == (Part("student"), Part("critic", lr_scale=2.0, updates_per_student_update=3))
     teacher0 = copy.deepcopy(teacher.state_dict())
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
     moved = []
@@ -179,7 +181,7 @@ def test_critic_only_steps_leave_the_generator_unchanged_and_the_teacher_never_m
         assert same != gen_step, step
         assert any(not torch.equal(critic0[k], v) for k, v in module.critic.state_dict().items())
         moved.append(not same)
-    assert moved == [True, False, False, True, False, False] and int(module.step) == 6
+    assert moved == [True, False, False, True, False, False] and int(module.iteration) == 6
     assert all(torch.equal(teacher0[k], v) for k, v in teacher.state_dict().items())
 
 
@@ -244,7 +246,7 @@ def test_dmd2_training_inputs_come_from_the_students_rollout_not_real_data():
     obj = DMD2(gan_weight=0.0)
     student = make_student(teacher, obj.student_spec(teacher), 4, obj.sampler(teacher, 4))
     student.net = ConstantNet([3.0, 3.0])
-    module = DistillModule(teacher, student, obj, total_steps=10)
+    module = DistillModule(teacher, student, obj, total_iterations=10)
     seen = []
     student.net.register_forward_hook(
         lambda m, args, out: seen.append((args[0].detach(), args[1].detach(), torch.is_grad_enabled()))
@@ -281,7 +283,7 @@ def _toy_run(tmp_path, obj, steps=300):
     untrained.net = MLPNet(2, 64, 4)
     g = torch.Generator().manual_seed(5)
     noise, labels = torch.randn(2000, 2, generator=g), torch.arange(2000) % 4
-    ref = sample(teacher, noise, solver="dpmpp_2m", steps=30, cond=labels)
+    ref = sample(teacher, noise, solver="dpmpp_2m", num_steps=30, cond=labels)
     return (*(sample(s.eval(), noise, cond=labels) for s in (untrained, res.student)), ref)
 
 
@@ -315,16 +317,16 @@ def test_checkpoint_round_trip_and_resume(tmp_path, obj, steps):
         return DistillConfig(
             student_steps=steps,
             train=TrainConfig(iterations=n, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False),
-            trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8),
+            trajectories=TrajectoryConfig(n=8, num_steps=4, batch_size=8),
         )
 
     first = distill(teacher, obj, cfg(2), tmp_path / "s", data=data, progress=False)
     res = distill(teacher, obj, cfg(3), tmp_path / "s", data=data, progress=False)
     assert first.resumed_from == 0 and res.resumed_from == 2
     loaded = load_denoiser(tmp_path / "s")
-    assert loaded.info["distilled_by"] == obj.name and loaded.nfe == 0 and loaded.steps == steps
-    json.dumps(loaded.info["objective"])
-    assert loaded.sampler == res.student.sampler and loaded.sampler["solver"] == "consistency"
+    assert loaded.card.provenance["distilled_by"] == obj.name and loaded.nfe == 0 and loaded.card.student_steps == steps
+    json.dumps(loaded.card.provenance["objective"])
+    assert loaded.card.sampler == res.student.card.sampler and loaded.card.sampler.solver == "consistency"
     for a, b in zip(loaded.net.state_dict().values(), res.student.net.state_dict().values()):
         assert torch.equal(a, b)
     x = sample(loaded, torch.randn(4, 1, 8, 8, generator=g), cond=torch.arange(4) % 3, generator=g)
@@ -341,4 +343,4 @@ def test_options_are_validated():
             DMD2(**bad)
     with pytest.raises(ValueError, match="one-step"):
         _module(DMD(), steps=2)
-    assert DMD2().lr_scales() == {"critic": 1.0} and isinstance(_module(DMD2(gan_weight=0.0))[1].critic, Denoiser)
+    assert _module(DMD2())[1].parts()[1] == Part("critic", updates_per_student_update=5) and isinstance(_module(DMD2(gan_weight=0.0))[1].critic, Denoiser)

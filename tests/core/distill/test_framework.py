@@ -13,6 +13,7 @@ import torch
 from ..tiny import tiny_unet_denoiser  # noqa: E402
 from .toys import MLPNet, gmm_teacher, sliced_wasserstein  # noqa: E402
 
+from fewstep.core.card import Boundary, ModelCard, SamplerRule  # noqa: E402
 from fewstep.core.checkpoints import load_denoiser, save_denoiser  # noqa: E402
 from fewstep.core.denoiser import Denoiser  # noqa: E402
 from fewstep.core.distill import (  # noqa: E402
@@ -41,7 +42,7 @@ class Regression(Objective):
     data = "trajectory"
 
     def sampler(self, teacher, steps):
-        return {"solver": "ddim", "grid": uniform_times(teacher.schedule, steps)}
+        return SamplerRule("ddim", uniform_times(teacher.schedule, steps))
 
     def loss(self, module, batch, generator):
         t = batch.traj_t[:, 0].double()
@@ -52,7 +53,7 @@ def _cfg(steps=200, **kw):
     return DistillConfig(
         student_steps=1,
         train=TrainConfig(iterations=steps, batch_size=128, lr=3e-3, warmup_iterations=10, progress=False, ckpt_every=50, **kw),
-        trajectories=TrajectoryConfig(n=512, steps=12, batch_size=512),
+        trajectories=TrajectoryConfig(n=512, num_steps=12, batch_size=512),
     )
 
 
@@ -70,21 +71,22 @@ def test_registry_lists_the_distribution_family_and_every_method_builds():
 
 def test_student_rule_is_what_sample_uses_by_default():
     teacher = tiny_unet_denoiser()
-    student = make_student(teacher, StudentSpec(), 2, {"solver": "consistency", "grid": uniform_times(teacher.schedule, 2)})
-    solver, steps, grid, _ = resolve_rule(student)
-    assert (solver, steps) == ("consistency", 2) and grid.tolist() == uniform_times(teacher.schedule, 2)
-    assert resolve_rule(teacher)[:2] == ("dpmpp_2m", 20)  # teachers keep the old default
+    student = make_student(teacher, StudentSpec(), 2, SamplerRule("consistency", uniform_times(teacher.schedule, 2)))
+    spec, steps, grid, _ = resolve_rule(student)
+    assert (spec.name, steps) == ("consistency", 2) and grid.tolist() == uniform_times(teacher.schedule, 2)
+    spec, steps, _, _ = resolve_rule(teacher)
+    assert (spec.name, steps) == ("dpmpp_2m", 20)  # teachers keep the old default
     student.reset_counters()
     x = sample(student, torch.randn(4, 1, 8, 8), cond=torch.arange(4) % 3, generator=torch.Generator().manual_seed(0))
     assert student.nfe == 2 and x.shape == (4, 1, 8, 8)
     # An explicit request still wins over the student's rule.
-    assert resolve_rule(student, "ddim", 4)[:2] == ("ddim", 4)
+    assert resolve_rule(student, "ddim", 4)[0].name == "ddim" and resolve_rule(student, "ddim", 4)[1] == 4
 
 
 def test_consistency_boundary_is_the_identity_at_t_min_and_the_net_at_t_max():
     teacher = tiny_unet_denoiser()
-    bnd = {"sigma_data": 0.5, "timestep_scaling": 10.0}
-    student = make_student(teacher, StudentSpec(boundary=bnd), 1, {"solver": "consistency", "grid": [1.0, 0.0]}).train()
+    bnd = Boundary(sigma_data=0.5, timestep_scaling=10.0)
+    student = make_student(teacher, StudentSpec(boundary=bnd), 1, SamplerRule("consistency", [1.0, 0.0])).train()
     x = torch.randn(3, 1, 8, 8)
     t_min = torch.full((3,), teacher.schedule.t_min, dtype=torch.float64)
     assert torch.allclose(student(x, t_min, torch.zeros(3, dtype=torch.long)), x, atol=1e-5)
@@ -95,7 +97,7 @@ def test_consistency_boundary_is_the_identity_at_t_min_and_the_net_at_t_max():
 
 def test_guidance_embedded_student_is_one_pass_and_starts_as_the_conditional_teacher():
     teacher = tiny_unet_denoiser()
-    student = make_student(teacher, StudentSpec(guidance_embed=True), 4, {"solver": "ddim", "grid": uniform_times(teacher.schedule, 4)}).eval()
+    student = make_student(teacher, StudentSpec(guidance_embed=True), 4, SamplerRule("ddim", uniform_times(teacher.schedule, 4))).eval()
     x, t, y = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5, dtype=torch.float64), torch.tensor([0, 1])
     student.reset_counters()
     out = student(x, t, y, guidance=3.0)
@@ -105,12 +107,12 @@ def test_guidance_embedded_student_is_one_pass_and_starts_as_the_conditional_tea
 
 def test_sampler_and_boundary_round_trip_through_checkpoints(tmp_path):
     teacher = tiny_unet_denoiser()
-    rule = {"solver": "consistency", "grid": uniform_times(teacher.schedule, 2)}
-    bnd = {"sigma_data": 0.5, "timestep_scaling": 10.0}
+    rule = SamplerRule("consistency", uniform_times(teacher.schedule, 2))
+    bnd = Boundary(sigma_data=0.5, timestep_scaling=10.0)
     student = make_student(teacher, StudentSpec(boundary=bnd, guidance_embed=True), 2, rule)
     save_denoiser(student, tmp_path / "s")
     back = load_denoiser(tmp_path / "s")
-    assert back.sampler == rule and back.boundary == bnd and back.steps == 2 and back.guidance_embedded
+    assert back.card.sampler == rule and back.boundary == bnd and back.card.student_steps == 2 and back.guidance_embedded
     x = torch.randn(2, 1, 8, 8)
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     assert torch.allclose(sample(back, x, cond=torch.tensor([0, 1]), generator=g()), sample(student.eval(), x, cond=torch.tensor([0, 1]), generator=g()), atol=1e-5)
@@ -130,7 +132,7 @@ def test_student_prediction_overrides_the_output_parametrisation(tmp_path):
 
 def test_recorded_trajectory_ends_at_the_solvers_sample():
     teacher = gmm_teacher()
-    cfg = TrajectoryConfig(n=64, steps=8, batch_size=64, seed=3)
+    cfg = TrajectoryConfig(n=64, num_steps=8, batch_size=64, seed=3)
     tr = teacher_trajectories(teacher, cfg, progress=False)
     assert tr["traj"].shape == (64, 9, 2) and tr["traj_t"][-1] == 0
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
@@ -141,10 +143,10 @@ def test_recorded_trajectory_ends_at_the_solvers_sample():
 
 def test_runner_distils_a_one_step_student_and_resumes(tmp_path):
     teacher = gmm_teacher()
-    ref = sample(teacher, torch.randn(512, 2), cond=torch.arange(512) % 4, steps=20)
+    ref = sample(teacher, torch.randn(512, 2), cond=torch.arange(512) % 4, num_steps=20)
     torch.manual_seed(0)
-    before = Denoiser(MLPNet(2, 64, 4), teacher.schedule, "x0", sample_shape=(2,), num_classes=4, steps=1,
-                      sampler={"solver": "ddim", "grid": uniform_times(teacher.schedule, 1)})
+    before = Denoiser(MLPNet(2, 64, 4), teacher.schedule, "x0", sample_shape=(2,), num_classes=4,
+                      card=ModelCard(student_steps=1, sampler=SamplerRule("ddim", uniform_times(teacher.schedule, 1))))
     x_before = sample(before, torch.randn(512, 2), cond=torch.arange(512) % 4)
     # Interrupted after 100 steps, then resumed to 200: same weights as one uninterrupted run.
     torch.manual_seed(0)
@@ -163,14 +165,14 @@ def test_runner_distils_a_one_step_student_and_resumes(tmp_path):
 
 def test_runner_writes_a_loadable_student_with_its_provenance(tmp_path):
     teacher = tiny_unet_denoiser()
-    teacher.info = {"dataset": "toy"}
+    teacher.card = ModelCard(provenance={"dataset": "toy"})
     cfg = DistillConfig(student_steps=1, train=TrainConfig(iterations=2, batch_size=4, progress=False),
-                        trajectories=TrajectoryConfig(n=8, steps=4, batch_size=8))
+                        trajectories=TrajectoryConfig(n=8, num_steps=4, batch_size=8))
     res = distill(teacher, Regression(), cfg, tmp_path / "s", progress=False)
     back = load_denoiser(tmp_path / "s")
-    assert back.info["distilled_by"] == "regression" and back.info["train_steps"] == 2
-    assert back.info["peak_bytes"] > 0 and back.card["distill_config"]["student_steps"] == 1
-    assert back.sampler["solver"] == "ddim" and res.student.steps == 1
+    assert back.card.provenance["distilled_by"] == "regression" and back.card.provenance["iterations"] == 2
+    assert back.card.provenance["peak_bytes"] > 0 and back.card.provenance["distill_config"]["student_steps"] == 1
+    assert back.card.sampler.solver == "ddim" and res.student.card.student_steps == 1
 
 
 def test_real_data_objective_without_data_is_a_clear_error(tmp_path):
@@ -182,11 +184,13 @@ def test_real_data_objective_without_data_is_a_clear_error(tmp_path):
         distill(tiny_unet_denoiser(), NeedsData(), _cfg(2), tmp_path / "s", progress=False)
 
 
-@pytest.mark.parametrize("method", ["cd", "dmd2"])
-def test_ddp_world_size_2_distils_with_identical_students(tmp_path, method):
+@pytest.mark.parametrize("method, strategy", [("cd", "ddp"), ("dmd2", "ddp"), ("cd", "fsdp")])
+def test_world_size_2_distils_with_identical_students(tmp_path, method, strategy):
+    """DDP, and FSDP2 for an objective marked ``fsdp_ready`` (its student, EMA target and teacher
+    each called once per iteration on every rank)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     worker = Path(__file__).parent / "ddp_worker.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker), str(tmp_path), method]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker), str(tmp_path), method, strategy]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from fewstep.core.io import load_weights
@@ -196,4 +200,4 @@ def test_ddp_world_size_2_distils_with_identical_students(tmp_path, method):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     back = load_denoiser(tmp_path / "student")
-    assert back.info["distilled_by"] == method
+    assert back.card.provenance["distilled_by"] == method

@@ -49,7 +49,7 @@ def test_random_projection_is_a_fixed_map():
 def _module(obj, steps=2):
     tea = teacher()
     student = make_student(tea, obj.student_spec(tea), steps, obj.sampler(tea, steps))
-    return DistillModule(tea, student, obj, total_steps=10)
+    return DistillModule(tea, student, obj, total_iterations=10)
 
 
 def test_loss_is_the_batch_mmd_on_every_sample_with_gradients_through_all_steps(monkeypatch):
@@ -90,11 +90,12 @@ def test_the_callers_feature_map_is_used_and_not_trained():
     json.dumps(card)  # serialisable: the callable is named, not stored
     assert card["features"].endswith("features")
     module = _module(obj)
-    assert module.features is features and "features" not in dict(module.named_children())
+    assert module.attachments["features"] is features and "features" not in dict(module.named_children())
+    assert not any("features" in k for k in module.state_dict())
     module(gmm_data(16)[0], None, None, None, torch.Generator().manual_seed(0))
     assert len(calls) == 2  # real and generated batches
     module2 = _module(MMDDDM())
-    assert isinstance(module2.features, RandomProjection)
+    assert isinstance(module2.attachments["features"], RandomProjection)
     with pytest.raises(ValueError, match="bandwidths"):
         MMDDDM(bandwidths=())
 
@@ -104,9 +105,9 @@ def test_fine_tuning_a_two_step_sampler_lowers_its_mmd(tmp_path):
     x, _ = gmm_data(2048)
     obj = MMDDDM()
     g = torch.Generator().manual_seed(5)
-    ref = sample(tea, torch.randn(1000, 2, generator=g), solver="dpmpp_2m", steps=30)
+    ref = sample(tea, torch.randn(1000, 2, generator=g), solver="dpmpp_2m", num_steps=30)
     noise = torch.randn(1000, 2, generator=g)
-    before = sample(tea, noise, solver="ddim", grid=torch.tensor(obj.sampler(tea, 2)["grid"], dtype=torch.float64))
+    before = sample(tea, noise, solver="ddim", grid=torch.tensor(obj.sampler(tea, 2).grid, dtype=torch.float64))
     train = TrainConfig(iterations=120, batch_size=128, lr=3e-2, warmup_iterations=10, ema_decay=0.9, progress=False)
     res = distill(
         tea, obj, DistillConfig(student_steps=2, train=train), None, data=(x, None), work_dir=tmp_path, progress=False
@@ -129,6 +130,6 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     distill(tea, MMDDDM(feature_dim=16), cfg, tmp_path / "s", data=(x, y), progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.info["objective"]["features"] == "random-projection"
+    assert student.card.provenance["objective"]["features"] == "random-projection"
     out = sample(student, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all() and student.nfe == 2

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import fewstep.core.distill.multi_student as msd_mod
+from fewstep.core.card import ModelCard, SamplerRule
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, make_student
 from fewstep.core.distill.base import DistillModule
@@ -57,8 +58,7 @@ def const_router(partition):
             "x0",
             sample_shape=(2,),
             num_classes=4,
-            steps=1,
-            sampler={"solver": "consistency", "grid": [sched.t_max, 0.0]},
+            card=ModelCard(student_steps=1, sampler=SamplerRule("consistency", [sched.t_max, 0.0])),
         )
         for j in range(len(partition))
     ]
@@ -97,7 +97,7 @@ def test_each_student_trains_on_its_own_classes_only(monkeypatch):
     tea = gmm_teacher()
     obj = MSD(classes=(1, 3))
     student = make_student(tea, replace(obj.student_spec(tea), net=MLPNet(2, 16, 4)), 1, obj.sampler(tea, 1))
-    module = DistillModule(tea, student, obj, total_steps=10)
+    module = DistillModule(tea, student, obj, total_iterations=10)
     seen = []
     fake_loss = msd_mod.fake_score_loss
     monkeypatch.setattr(msd_mod, "fake_score_loss", lambda f, x, c, g: seen.append(c) or fake_loss(f, x, c, g))
@@ -110,7 +110,7 @@ def test_each_student_trains_on_its_own_classes_only(monkeypatch):
         assert set(c.tolist()) == {1, 3}
     with pytest.raises(ValueError, match="classes"):
         MSD(classes=(1, 1))
-    whole = DistillModule(tea, student, MSD(), total_steps=10)  # classes=(): one student owns every class
+    whole = DistillModule(tea, student, MSD(), total_iterations=10)  # classes=(): one student owns every class
     assert set(MSD().own(whole, 400, torch.Generator().manual_seed(0), "cpu").tolist()) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="width_mult"):
         MSD(classes=(0,), width_mult=1.5)
@@ -174,7 +174,7 @@ def test_distill_multi_student_smoke_on_a_unet(tmp_path):
     assert len(results) == 2 and router.partition == [[0, 2], [1]]
     loaded = load_router(tmp_path / "msd")
     assert all(param_count(s.net) < param_count(tea.net) for s in loaded.students)
-    assert loaded.students[0].info["msd"]["classes"] == [0, 2]
+    assert loaded.students[0].card.provenance["msd"]["classes"] == [0, 2]
     x = sample(loaded, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="one-step"):

@@ -16,7 +16,7 @@ from fewstep.core.distill.progressive import (
     guided_x0,
     round_plan,
 )
-from fewstep.core.distill.steps import alpha_sigma, ddim_jump, ddim_x0
+from fewstep.core.updates import alpha_sigma, ddim_jump, ddim_x0
 from fewstep.core.schedules import VPDiscrete
 from fewstep.core.solvers import Bound, ddim_step, sample
 from fewstep.core.train import TrainConfig
@@ -100,7 +100,7 @@ def test_rounds_refresh_round_teacher_and_only_student_gets_grads():
     with torch.no_grad():  # the student moves during round 0 ...
         for p in module.student.parameters():
             p.add_(0.01)
-    module.step.fill_(10)
+    module.iteration.fill_(10)
     module.zero_grad(set_to_none=True)
     module(x, y, None, None, gen).mean().backward()  # ... and is the round-1 teacher
     assert obj.round_of(module) == (1, 2) and int(module.pd_round) == 1
@@ -116,10 +116,10 @@ def test_rounds_refresh_round_teacher_and_only_student_gets_grads():
             p.add_(0.01)
     again = _module(teacher, obj, 1, total=30)
     again.load_state_dict({**state, "student.net.conv_in.bias": module.state_dict()["student.net.conv_in.bias"]})
-    again.step.fill_(15)
+    again.iteration.fill_(15)
     again(x, y, None, None, gen)
     assert torch.equal(again.target.net.conv_in.bias, state["target.net.conv_in.bias"])
-    again.step.fill_(20)
+    again.iteration.fill_(20)
     again(x, y, None, None, gen)  # round 2 begins: refresh
     assert int(again.pd_round) == 2 and torch.equal(again.target.net.conv_in.bias, again.student.net.conv_in.bias)
 
@@ -127,7 +127,7 @@ def test_rounds_refresh_round_teacher_and_only_student_gets_grads():
 def test_pd_toy_one_step_student_approaches_teacher(tmp_path):
     teacher = gmm_teacher()
     x, y = gmm_data(2048)
-    ref = _toy_samples(teacher, solver="ddim", steps=64, denoise_to_zero=True)
+    ref = _toy_samples(teacher, solver="ddim", num_steps=64, denoise_to_zero=True)
     obj = ProgressiveDistillation(start_steps=8)
     torch.manual_seed(0)
     net = MLPNet(2, 64, 4)
@@ -176,7 +176,7 @@ def test_stage2_gradients_and_round_teacher_takes_w():
     obj = GuidedProgressiveDistillation(start_steps=4, stage1_share=0.5)
     module = _module(teacher, obj, 1, total=10).train()
     x, y = _tiny_batch()
-    module.step.fill_(5)  # first iteration of stage 2: the round teacher is the stage-1 student
+    module.iteration.fill_(5)  # first iteration of stage 2: the round teacher is the stage-1 student
     with torch.no_grad():
         module.student.net.guidance_mlp[2].bias.add_(0.1)
     module(x, y, None, None, torch.Generator().manual_seed(0)).mean().backward()
@@ -232,8 +232,8 @@ def test_smoke_distill_saves_and_reloads(tmp_path, method, steps):
     cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
     res = distill(teacher, make_objective(method, start_steps=4), cfg, tmp_path / "s", data=(x, y), progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.sampler["solver"] == "ddim" and student.steps == steps
-    assert student.sampler["grid"][-1] == 0.0 and len(student.sampler["grid"]) == steps + 1
+    assert student.card.sampler.solver == "ddim" and student.card.student_steps == steps
+    assert student.card.sampler.grid[-1] == 0.0 and len(student.card.sampler.grid) == steps + 1
     assert student.prediction == ("v" if steps == 1 else "eps")
     assert student.guidance_embedded == (method == "guided-pd")
     noise = torch.randn(3, 1, 8, 8)

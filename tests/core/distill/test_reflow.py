@@ -18,7 +18,7 @@ from .toys import MEANS, GaussianMixtureNet, MLPNet, sliced_wasserstein
 from ..tiny import tiny_unet_denoiser
 
 TINY_TRAIN = TrainConfig(iterations=2, batch_size=4, progress=False)
-TINY_TRAJ = TrajectoryConfig(n=8, steps=4, batch_size=8)
+TINY_TRAJ = TrajectoryConfig(n=8, num_steps=4, batch_size=8)
 
 
 def gmm_uncond() -> Denoiser:
@@ -125,7 +125,7 @@ def test_gradients_reach_only_the_student(objective):
     batch = pair_batch(teacher, torch.randn(4, 1, 8, 8), x0, torch.tensor([0, 1, 2, 0]))
     for step in (0, 3):  # SlimFlow: stage 1 (annealing reflow), then stage 2 (guided distillation)
         m.zero_grad(set_to_none=True)
-        m.step.fill_(step)
+        m.iteration.fill_(step)
         m(batch.x0, batch.cond, batch.traj, batch.traj_t, torch.Generator().manual_seed(step)).mean().backward()
         assert all(p.grad is None for p in teacher.parameters())
         if m.target is not None:
@@ -157,7 +157,7 @@ def test_reflow_smoke_checkpoint_round_trip(tmp_path):
     cfg = DistillConfig(student_steps=2, train=TINY_TRAIN, trajectories=TINY_TRAJ)
     distill(teacher, Reflow(distill_fraction=0.5), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.schedule == RectifiedFlow() and student.prediction == "flow" and student.sampler["solver"] == "ddim"
+    assert student.schedule == RectifiedFlow() and student.prediction == "flow" and student.card.sampler.solver == "ddim"
     x = sample(student, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and student.nfe == 2
 
@@ -176,13 +176,13 @@ def test_slimflow_anneals_then_freezes_the_guide():
     obj = SlimFlow(reflow_fraction=0.5, anneal_fraction=0.6)
     m = module_for(teacher, obj, total=10, net=MLPNet(2, 16, 0))
     assert obj.switch_step(m) == 5 and obj.beta(m) == 1.0
-    m.step.fill_(3)
+    m.iteration.fill_(3)
     assert obj.beta(m) == 0.0  # annealed over 0.6 x 5 = 3 steps
     batch = pair_batch(teacher, torch.randn(8, 2), torch.randn(8, 2))
     with torch.no_grad():
         for p in m.student.parameters():
             p.add_(1.0)  # the stage-1 student now differs from the guide
-    m.step.fill_(4)
+    m.iteration.fill_(4)
     m(batch.x0, None, batch.traj, batch.traj_t, torch.Generator())
     assert not torch.equal(m.target.net.inp.weight, m.student.net.inp.weight)
     m(batch.x0, None, batch.traj, batch.traj_t, torch.Generator())  # step 5: the switch

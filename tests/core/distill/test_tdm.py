@@ -27,7 +27,7 @@ def module_for(obj, steps, seed=0):
     tea = teacher()
     torch.manual_seed(seed)
     student = make_student(tea, replace(obj.student_spec(tea), net=MLPNet(2, 32, 4)), steps, obj.sampler(tea, steps))
-    return DistillModule(tea, student, obj, total_steps=10)
+    return DistillModule(tea, student, obj, total_iterations=10)
 
 
 def batch(n=32):
@@ -90,7 +90,7 @@ def test_gradients_dm_to_student_critic_to_fake_score():
 def test_student_samples_with_k_ddim_steps_on_its_grid():
     module = module_for(TDM(), steps=2)
     student = module.student.eval()
-    assert student.sampler["solver"] == "ddim" and student.sampler["grid"][-1] == 0.0
+    assert student.card.sampler.solver == "ddim" and student.card.sampler.grid[-1] == 0.0
     student.reset_counters()
     x = sample(student, torch.randn(8, 2), cond=torch.arange(8) % 4)
     assert x.shape == (8, 2) and torch.isfinite(x).all() and student.nfe == 2
@@ -120,7 +120,7 @@ def test_few_hundred_steps_move_a_two_step_student_to_the_teacher(tmp_path):
     untrained = make_student(tea, replace(obj.student_spec(tea), net=MLPNet(2, 64, 4)), 2, obj.sampler(tea, 2))
     g = torch.Generator().manual_seed(5)
     noise, labels = torch.randn(1000, 2, generator=g), torch.arange(1000) % 4
-    ref = sample(tea, noise, solver="dpmpp_2m", steps=30, cond=labels)
+    ref = sample(tea, noise, solver="dpmpp_2m", num_steps=30, cond=labels)
     trained, before = (sliced_wasserstein(sample(s.eval(), noise, cond=labels), ref) for s in (res.student, untrained))
     assert trained < 0.3 * before, (trained, before)
 
@@ -134,6 +134,6 @@ def test_smoke_checkpoint_round_trip(tmp_path):
     cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, progress=False))
     distill(tea, TDM(), cfg, tmp_path / "s", progress=False)
     student = load_denoiser(tmp_path / "s")
-    assert student.info["distilled_by"] == "tdm" and student.sampler["solver"] == "ddim"
+    assert student.card.provenance["distilled_by"] == "tdm" and student.card.sampler.solver == "ddim"
     x = sample(student, torch.randn(3, 1, 8, 8), cond=torch.tensor([0, 1, 2]))
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and student.nfe == 2

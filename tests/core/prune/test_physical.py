@@ -61,11 +61,11 @@ def test_save_load_round_trip(tmp_path, name):
     units = discover_units(den.net)
     plan, _ = plan_from_scores(units, random_scores(units, seed=2), 0.4)
     pruned = apply_plan(den, plan, ratio=0.4)
-    pruned.info["note"] = "pruned in a test"
+    pruned.card = pruned.card.with_provenance(note="pruned in a test")
     save_denoiser(pruned, tmp_path / "p")
     back = load_denoiser(tmp_path / "p")
     assert recorded(back.net) == recorded(pruned.net) and recorded(back.net)[0]["kind"] == "prune"
-    assert back.info["note"] == "pruned in a test"
+    assert back.card.provenance["note"] == "pruned in a test"
     x, _, c = inputs()
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     with torch.no_grad():

@@ -82,7 +82,7 @@ def final_error(den, pruned, n=16, steps=6):
 
 def test_learned_masks_beat_random_masks():
     den = wrap(tiny_unet(channels=8, seed=1))
-    cfg = PruneConfig(ratio=0.4, steps=6, iters=20, batch=4, seed=0, progress=False)
+    cfg = PruneConfig(ratio=0.4, num_steps=6, iters=20, batch=4, seed=0, progress=False)
     found = search_masks(den, cfg)
     assert found.history[-1]["kept"] < found.history[0]["kept"]  # the sparsity term pulls gates shut
     plan, _ = plan_from_scores(found.units, found.logits, cfg.ratio)
@@ -99,13 +99,13 @@ def test_prune_returns_a_new_smaller_denoiser(tmp_path):
     den = wrap(tiny_dit(), steps=4)  # a 4-step student: searched over its own 4 steps
     state = {k: v.clone() for k, v in den.state_dict().items()}
     out = prune(den, PruneConfig(ratio=0.3, iters=3, batch=2, progress=False))
-    info = out.info["prune"]
+    info = out.card.provenance["prune"]
     assert info["trajectory_steps"] == 4 and info["ratio"] == 0.3
     assert info["params_after"] == param_count(out) < param_count(den) == info["params_before"]
     assert info["gflops_after"] < info["gflops_before"]
     largest = max(max(u.params) for u in discover_units(den.net))
     assert abs(info["removed_params"] - 0.3 * info["prunable_params"]) <= largest
-    assert (out.steps, out.num_classes, out.prediction, out.sample_shape) == (4, K, "eps", (1, 8, 8))
+    assert (out.card.student_steps, out.num_classes, out.prediction, out.sample_shape) == (4, K, "eps", (1, 8, 8))
     # The input is untouched: same weights, trainable, no hooks.
     assert all(torch.equal(v, state[k]) for k, v in den.state_dict().items())
     assert all(p.requires_grad for p in den.parameters()) and all(p.requires_grad for p in out.parameters())
@@ -116,4 +116,4 @@ def test_prune_returns_a_new_smaller_denoiser(tmp_path):
     ts = time_grid(den, 4)
     with torch.no_grad():
         assert torch.equal(trajectory(back, x_T, ts, cond), trajectory(out, x_T, ts, cond))
-    assert back.info["prune"]["removed_params"] == info["removed_params"]
+    assert back.card.provenance["prune"]["removed_params"] == info["removed_params"]

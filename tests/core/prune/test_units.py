@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from fewstep.core.card import ModelCard
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.nets import DiT, DiTConfig, UNet, UNetConfig
 from fewstep.core.prune import (
@@ -54,7 +55,7 @@ def tiny_dit(seed: int = 0) -> DiT:
 
 
 def wrap(net: nn.Module, steps: int | None = None) -> Denoiser:
-    return Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 8, 8), num_classes=K, steps=steps).eval()
+    return Denoiser(net, VPDiscrete(), "eps", sample_shape=(1, 8, 8), num_classes=K, card=ModelCard(student_steps=steps)).eval()
 
 
 def test_units_found_in_unet_and_dit():

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.core.checkpoints import load_denoiser, save_denoiser
+from fewstep.core.io import read_card
 from fewstep.core.quant import QuantConfig, QuantLayer, plan_layers, quantize, set_backend, weight_bytes
 from fewstep.core.quant.calibrate import calibration_set
 from fewstep.core.quant.qtensor import FP8_MAX, pack_int4, quantize_weight, unpack_int4
@@ -144,7 +145,7 @@ def test_quantize_leaves_the_original_alone_and_refuses_twice():
     q = quantize(den, QuantConfig(calib_samples=4, calib_steps=4))
     assert all(torch.equal(before[k], v) for k, v in den.net.state_dict().items())
     assert not any(isinstance(m, QuantLayer) for m in den.net.modules())
-    assert q.info["quant"]["weight_bytes"] < q.info["quant"]["fp32_weight_bytes"]
+    assert q.card.provenance["quant"]["weight_bytes"] < q.card.provenance["quant"]["fp32_weight_bytes"]
     with pytest.raises(ValueError, match="already quantized"):
         quantize(q)
 
@@ -215,7 +216,7 @@ def test_saved_quantized_model_loads_identically(tmp_path, scheme):
     q = quantize(den, QuantConfig(scheme=scheme, calib_samples=4, calib_steps=5))
     save_denoiser(q, tmp_path / "q")
     back = load_denoiser(tmp_path / "q")
-    assert back.card["transforms"][0]["kind"] == "quant"
+    assert read_card(tmp_path / "q")["transforms"][0]["kind"] == "quant"
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     c = torch.arange(6) % 3
     with torch.no_grad():
@@ -239,11 +240,11 @@ def test_pruned_then_quantized_model_round_trips(tmp_path):
     from fewstep.core.prune import PruneConfig, prune
 
     den = tiny_unet_denoiser()
-    pruned = prune(den, PruneConfig(ratio=0.3, iters=2, steps=3, progress=False))
+    pruned = prune(den, PruneConfig(ratio=0.3, iters=2, num_steps=3, progress=False))
     q = quantize(pruned, QuantConfig(scheme="w4a8", calib_samples=4, calib_steps=4))
     save_denoiser(q, tmp_path / "pq")
     back = load_denoiser(tmp_path / "pq")
-    assert [s["kind"] for s in back.card["transforms"]] == ["prune", "quant"]
+    assert [s["kind"] for s in read_card(tmp_path / "pq")["transforms"]] == ["prune", "quant"]
     x, t, c = torch.randn(3, 1, 8, 8), torch.full((3,), 300.0), torch.arange(3)
     with torch.no_grad():
         assert torch.equal(q.net(x, t, c), back.net(x, t, c))

@@ -6,7 +6,7 @@ from torch import nn
 
 from fewstep.core.denoiser import PREDICTIONS, Denoiser, convert
 from fewstep.core.schedules import RectifiedFlow, VPCosine
-from fewstep.core.solvers import STOCHASTIC, STUDENT_ONLY, available, sample
+from fewstep.core.solvers import SOLVERS, sample
 
 from ..gaussian import GaussianX0
 
@@ -28,7 +28,7 @@ class Reparam(nn.Module):
         return convert(out, "x0", self.kind, x, self.schedule.alpha(t), self.schedule.sigma(t))
 
 
-@pytest.mark.parametrize("solver", sorted(set(available()) - {"dmcmc"} - STUDENT_ONLY))
+@pytest.mark.parametrize("solver", sorted(n for n, s in SOLVERS.items() if not s.student_only and n != "dmcmc"))
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_any_shape_and_every_parametrisation_agree(solver, shape):
     sched = VPCosine()
@@ -36,10 +36,10 @@ def test_any_shape_and_every_parametrisation_agree(solver, shape):
     outs = []
     for kind in PREDICTIONS:
         den = Denoiser(Reparam(sched, kind), sched, kind, sample_shape=shape[1:])
-        x = sample(den, x_T, solver, steps=6, generator=torch.Generator().manual_seed(1), denoise_to_zero=True)
+        x = sample(den, x_T, solver, num_steps=6, generator=torch.Generator().manual_seed(1), denoise_to_zero=True)
         assert x.shape == x_T.shape and torch.isfinite(x).all()
         outs.append(x)
-    if solver not in STOCHASTIC:  # the same exact model in four parametrisations: the same ODE solution
+    if not SOLVERS[solver].stochastic:  # the same exact model in four parametrisations: the same ODE solution
         for x in outs[1:]:
             assert torch.allclose(x, outs[0], atol=1e-8), solver
 
@@ -50,7 +50,7 @@ def test_guidance_is_applied_inside_every_solver(solver):
     den = Denoiser(Reparam(sched, "flow"), sched, "flow", sample_shape=(1, 4), num_classes=3)
     x_T = torch.randn(6, 1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    plain = sample(den, x_T, solver, steps=5, cond=y)
-    guided = sample(den, x_T, solver, steps=5, cond=y, guidance=3.0)
+    plain = sample(den, x_T, solver, num_steps=5, cond=y)
+    guided = sample(den, x_T, solver, num_steps=5, cond=y, guidance=3.0)
     assert not torch.allclose(plain, guided)
     assert den.net_evals > den.nfe  # guided calls spend two network evaluations

@@ -16,7 +16,8 @@ from fewstep.core.solvers.edm import sample_edm_sde, sample_euler, sigma_bar, ti
 from fewstep.core.solvers.first_order import sample_ddim
 from fewstep.core.solvers.second_order import sample_dpmpp_2m, sample_heun
 from fewstep.core.solvers.time_shift import time_shift
-from fewstep.core.solvers.tuned import sample_tuned, tuned_grid
+from fewstep.core.solvers.grids import tuned_grid
+from fewstep.core.solvers.tuned import sample_tuned
 
 S = 0.5  # Gaussian data: x0 ~ N(0, S^2 I)
 F64 = torch.float64
@@ -298,15 +299,15 @@ def test_solvers_accept_grids_ending_at_zero(schedule):
 def test_tuned_sde_uses_the_tuned_grid_and_is_stochastic():
     from fewstep.core.denoiser import Denoiser
     from fewstep.core.solvers import sample
-    from fewstep.core.solvers.tuned import tuned_grid
+    from fewstep.core.solvers.grids import tuned_grid
 
     from ..gaussian import GaussianX0
 
     sched = VPCosine()
     den = Denoiser(GaussianX0(sched), sched, "x0")
     x_T = torch.randn(2000, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    a = sample(den, x_T, "tuned_sde", steps=6, denoise_to_zero=True, generator=torch.Generator().manual_seed(1))
-    b = sample(den, x_T, "tuned_sde", steps=6, denoise_to_zero=True, generator=torch.Generator().manual_seed(2))
+    a = sample(den, x_T, "tuned_sde", num_steps=6, denoise_to_zero=True, generator=torch.Generator().manual_seed(1))
+    b = sample(den, x_T, "tuned_sde", num_steps=6, denoise_to_zero=True, generator=torch.Generator().manual_seed(2))
     assert den.nfe == 2 * 7 and not torch.allclose(a, b)  # 6 grid steps + the final x0 call, per run
     assert len(tuned_grid(sched, 6)) == 7
     assert abs(float(a.std()) - 0.5) < 0.1  # the data std S = 0.5 (a 6-step SDE: approximately)

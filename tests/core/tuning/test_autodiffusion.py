@@ -8,7 +8,7 @@ import torch
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.schedules import RectifiedFlow, VPCosine
 from fewstep.core.solvers import make_grid, sample
-from fewstep.core.solvers.search import (
+from fewstep.core.tuning import (
     SearchConfig,
     SearchedGridError,
     autodiffusion_search,
@@ -33,7 +33,7 @@ def test_searched_grid_beats_named_grids_at_same_nfe(solver, steps):
     sch = VPCosine()
     den = Denoiser(GaussianX0(sch), sch, "x0")
     x_search = noise(0)
-    cfg = SearchConfig(steps=steps, population=12, iterations=8, topk=4, seed=0)
+    cfg = SearchConfig(num_steps=steps, population=12, iterations=8, topk=4, seed=0)
     res = autodiffusion_search(den, x_search, error_to_reference(exact(sch, x_search)), solver, cfg, progress=False)
     assert res.grid.shape == (steps + 1,) and bool((res.grid[1:] < res.grid[:-1]).all())
     assert res.score <= min(res.baselines.values())  # never worse than its seeds on the search batch
@@ -54,7 +54,7 @@ def test_final_zero_search_spends_every_step_on_searched_times():
     den = Denoiser(GaussianX0(sch), sch, "x0")
     x = noise(3)
     ref = exact(sch, x, 0.0)  # the clean end point
-    cfg = SearchConfig(steps=3, population=10, iterations=5, seed=0)
+    cfg = SearchConfig(num_steps=3, population=10, iterations=5, seed=0)
     res = autodiffusion_search(den, x, error_to_reference(ref), "dpmpp_2m", cfg, progress=False, final_zero=True)
     assert float(res.grid[-1]) == 0.0 and len(res.grid) == 4 and res.meta["final_zero"]
     den.reset_counters()
@@ -69,24 +69,24 @@ def test_search_is_deterministic_and_handles_one_step():
     den = Denoiser(GaussianX0(sch), sch, "x0")
     x = noise(2)
     score = error_to_reference(exact(sch, x))
-    cfg = SearchConfig(steps=3, population=6, iterations=3, seed=7)
+    cfg = SearchConfig(num_steps=3, population=6, iterations=3, seed=7)
     a = autodiffusion_search(den, x, score, "ddim", cfg, progress=False)
     b = autodiffusion_search(den, x, score, "ddim", cfg, progress=False)
     assert torch.equal(a.grid, b.grid) and a.score == b.score
-    one = autodiffusion_search(den, x, score, "ddim", SearchConfig(steps=1, population=4, iterations=2), progress=False)
+    one = autodiffusion_search(den, x, score, "ddim", SearchConfig(num_steps=1, population=4, iterations=2), progress=False)
     assert one.grid.tolist() == [sch.t_max, sch.t_min]
 
 
 @pytest.mark.parametrize(
     "kw",
     [
-        {"steps": 0},
-        {"steps": 3, "population": 1},
-        {"steps": 3, "topk": 0},
-        {"steps": 3, "topk": 20},
-        {"steps": 3, "mutate_prob": 0.0},
-        {"steps": 3, "crossover": 1.5},
-        {"steps": 3, "iterations": -1},
+        {"num_steps": 0},
+        {"num_steps": 3, "population": 1},
+        {"num_steps": 3, "topk": 0},
+        {"num_steps": 3, "topk": 20},
+        {"num_steps": 3, "mutate_prob": 0.0},
+        {"num_steps": 3, "crossover": 1.5},
+        {"num_steps": 3, "iterations": -1},
     ],
 )
 def test_search_config_is_validated(kw):
@@ -103,7 +103,7 @@ def test_grid_file_round_trip(tmp_path):
         x,
         error_to_reference(exact(sch, x)),
         "dpmpp_2m",
-        SearchConfig(steps=4, population=6, iterations=2),
+        SearchConfig(num_steps=4, population=6, iterations=2),
         progress=False,
     )
     path = save_searched_grid(tmp_path / "grid.json", res.grid, res.meta)

@@ -16,7 +16,7 @@ from torch import nn
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.metrics import sliced_wasserstein
 from fewstep.core.schedules import VPCosine
-from fewstep.core.solvers.disa import DiSASchedule, disa_steps, sample_head
+from fewstep.core.tuning.disa import DiSASchedule, disa_steps, sample_head
 
 from ..gmm import gmm_x0
 

@@ -9,7 +9,7 @@ from torch import nn
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.schedules import VPCosine
 from fewstep.core.solvers import sample
-from fewstep.core.solvers.dpm_ot import OTConfig, SemiDiscreteOT, fit_ot_map, sample_dpm_ot
+from fewstep.core.tuning.dpm_ot import OTConfig, SemiDiscreteOT, fit_ot_map, sample_dpm_ot
 
 from ..gmm import gmm_x0
 

@@ -7,20 +7,23 @@ from typing import Any
 
 import torch
 
+from .card import Boundary, CardError, ModelCard, SamplerRule
 from .denoiser import Denoiser
 from .io import CheckpointError, checkpoint_paths, load_state_into, load_weights, read_card, save_weights
 from .schedules import schedule_from_dict
 
 
 def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON card describing a Denoiser built from a fewstep net."""
+    """The JSON card describing a Denoiser built from a fewstep net: the model contract (net,
+    schedule, parametrisation, conditioning, guidance, boundary) and its :class:`ModelCard`.
+    ``extra`` facts are added to the card's provenance."""
     from .nets import net_spec
     from .transforms import recorded
 
     kind, config = net_spec(denoiser.net)
     transforms = recorded(denoiser.net)
+    card = denoiser.card.with_provenance(**extra) if extra else denoiser.card
     return {
-        **(extra or {}),
         "kind": "denoiser",
         "net": {"kind": kind, "config": config},
         "schedule": denoiser.schedule.to_dict(),
@@ -28,30 +31,57 @@ def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> di
         "sample_shape": list(denoiser.sample_shape) if denoiser.sample_shape else None,
         "num_classes": denoiser.num_classes,
         "guidance": denoiser.guidance,
-        "steps": denoiser.steps,
         "clip_x0": denoiser.clip_x0,
-        "sampler": denoiser.sampler,
-        "boundary": denoiser.boundary,
-        "info": denoiser.info,
+        "boundary": denoiser.boundary.to_dict() if denoiser.boundary else None,
+        "card": card.to_dict(),
         **({"transforms": transforms} if transforms else {}),
     }
+
+
+def model_card_from_json(card: dict[str, Any], where: str) -> ModelCard:
+    """The typed card of a denoiser checkpoint; cards written before the typed ModelCard kept
+    ``steps``, ``sampler`` and ``info`` at the top level, and are read as such."""
+    try:
+        if "card" in card:
+            return ModelCard.from_dict(card["card"])
+        sampler = card.get("sampler")
+        return ModelCard(card.get("steps"), SamplerRule.from_dict(sampler) if sampler else None, card.get("info") or {})
+    except CardError as e:
+        raise CheckpointError(f"{where}: {e}; fix the card or re-save the model with fewstep") from None
 
 
 def save_denoiser(
     denoiser: Denoiser,
     path: str | os.PathLike,
     state: dict[str, torch.Tensor] | None = None,
-    card: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``path.safetensors`` + ``path.json``; ``state`` overrides the net weights (e.g. EMA)."""
+    """Write ``path.safetensors`` + ``path.json``; ``state`` overrides the net weights (e.g. EMA);
+    ``provenance`` facts are added to the saved card's."""
     tensors = state if state is not None else denoiser.net.state_dict()
-    save_weights(path, tensors, denoiser_card(denoiser, card))
+    save_weights(path, tensors, denoiser_card(denoiser, provenance))
+
+
+def replay(net: torch.nn.Module, specs: list[dict[str, Any]]) -> torch.nn.Module:
+    """Re-apply recorded transforms (``transforms.py``) to a fresh net of the original architecture,
+    in order, before its weights are loaded."""
+    from .prune import restore_structure as restore_pruned
+    from .quant import restore_structure as restore_quantized
+    from .transforms import record
+
+    restorers = {"prune": restore_pruned, "quant": restore_quantized}
+    for spec in specs:
+        kind = spec.get("kind")
+        if kind not in restorers:
+            raise ValueError(f"unknown transform {kind!r}; this fewstep knows {sorted(restorers)}")
+        restorers[kind](net, spec)
+        record(net, spec)
+    return net
 
 
 def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", expect_schedule: dict | None = None) -> Denoiser:
     """Rebuild a Denoiser from its checkpoint; every problem raises a CheckpointError naming the file."""
     from .nets import build_net
-    from .transforms import replay
 
     weights_path, card_path = checkpoint_paths(path)
     card = read_card(path)
@@ -60,8 +90,10 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
     missing = [k for k in ("net", "schedule", "prediction") if k not in card]
     if missing:
         raise CheckpointError(f"{card_path}: card lacks {missing}; re-save the model with fewstep")
+    model_card = model_card_from_json(card, str(card_path))
     try:
         schedule = schedule_from_dict(card["schedule"])
+        boundary = Boundary.from_dict(card["boundary"]) if card.get("boundary") else None
         net = build_net(card["net"]["kind"], card["net"]["config"])
         replay(net, card.get("transforms", []))
     except (ValueError, TypeError, KeyError) as e:
@@ -81,11 +113,8 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
         sample_shape=tuple(shape) if shape else None,
         num_classes=int(card.get("num_classes", 0)),
         guidance=float(card.get("guidance", 1.0)),
-        steps=card.get("steps"),
         clip_x0=card.get("clip_x0"),
-        sampler=card.get("sampler"),
-        boundary=card.get("boundary"),
-        info=card.get("info", {}),
+        boundary=boundary,
+        card=model_card,
     )
-    den.card = card
     return den.to(device).eval()

@@ -19,9 +19,14 @@ def info() -> None:
     from .denoiser import PREDICTIONS
     from .nets import NETS
     from .schedules import SCHEDULES
-    from .solvers import GRIDS, available
+    from .solvers import GRIDS, SOLVERS
+    from .solvers.specs import describe_cost
 
-    typer.echo(f"solvers:     {', '.join(available())}")
+    typer.echo("solvers (name, order, NFE for N steps, paper):")
+    for spec in SOLVERS.values():
+        order = "-" if spec.order is None else spec.order
+        flags = ", ".join(f for f, on in (("multistep", spec.multistep), ("stochastic", spec.stochastic), ("students only", spec.student_only)) if on)
+        typer.echo(f"  {spec.name:<13} {order!s:<2} {describe_cost(spec):<24} {spec.paper}{f' [{flags}]' if flags else ''}")
     typer.echo(f"grids:       {', '.join(GRIDS)}")
     typer.echo(f"schedules:   {', '.join(SCHEDULES)}")
     typer.echo(f"predictions: {', '.join(PREDICTIONS)}")
@@ -29,9 +34,9 @@ def info() -> None:
     from .quant import SCHEMES
 
     typer.echo(f"quant:       {', '.join(SCHEMES)} (fewstep quantize); pruning: fewstep prune")
-    from .distill import methods
+    from .distill import OBJECTIVES
 
-    typer.echo(f"distill:     {', '.join(methods())} (fewstep-image distill METHOD)")
+    typer.echo(f"distill:     {', '.join(sorted(OBJECTIVES))} (fewstep experiment --method METHOD, fewstep-image distill METHOD)")
 
 
 @app.command()
@@ -92,7 +97,7 @@ def quantize(
                          tfmq=not no_tfmq, split_shortcut=not no_split, group_size=None if group_size < 0 else group_size, seed=seed)
     den = _load(model)
     q = quantize_denoiser(den, config)
-    save_denoiser(q, out, card={"quantized_from": str(model)})
+    save_denoiser(q, out, provenance={"quantized_from": str(model)})
     _summary(den, q, out)
 
 
@@ -102,8 +107,8 @@ def prune(
     model: str = typer.Argument(..., help="a shipped model name (e.g. digits-teacher) or a checkpoint path"),
     out: Path = typer.Option(..., "--out", help="checkpoint stem to write (PATH.safetensors + PATH.json)"),
     ratio: float = typer.Option(0.2, help="share of the prunable parameters to remove, in (0, 1)"),
-    steps: int = typer.Option(0, help="sampling steps of the mask search (0: the model's own, else 20)"),
-    iters: int = typer.Option(100, help="mask-training iterations"),
+    steps: int = typer.Option(0, "--num-steps", help="sampling steps of the mask search (0: the model's own, else 20)"),
+    iters: int = typer.Option(100, "--iterations", help="mask-training iterations"),
     batch: int = typer.Option(4, help="trajectories per iteration"),
     no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="disable time-step gradient checkpointing"),
     seed: int = typer.Option(0),
@@ -113,12 +118,45 @@ def prune(
     from .prune import PruneConfig
     from .prune import prune as prune_denoiser
 
-    config = PruneConfig(ratio=ratio, steps=steps or None, iters=iters, batch=batch,
+    config = PruneConfig(ratio=ratio, num_steps=steps or None, iters=iters, batch=batch,
                          checkpoint=not no_checkpoint, seed=seed)
     den = _load(model)
     p = prune_denoiser(den, config)
-    save_denoiser(p, out, card={"pruned_from": str(model)})
+    save_denoiser(p, out, provenance={"pruned_from": str(model)})
     _summary(den, p, out)
+
+
+@app.command("tasks")
+@friendly
+def list_tasks() -> None:
+    """List the registered tasks of every installed fewstep package, one per line, name first."""
+    from .tasks import TASKS
+
+    for task in TASKS.values():
+        typer.echo(task.describe())
+
+
+@app.command()
+@friendly
+def experiment(
+    task: str = typer.Option(..., "--task", help="a registered task (fewstep tasks), e.g. digits"),
+    method: str = typer.Option(..., "--method", help="a distillation objective (fewstep info), e.g. dmd2"),
+    out: Path = typer.Option(..., "--out", help="folder for report.md, metrics.json and the pictures"),
+    student_steps: int = typer.Option(1, "--student-steps", help="the student's sampling steps"),
+    iterations: int | None = typer.Option(None, "--iterations", help="training iterations (default: the task's budget)"),
+    n: int | None = typer.Option(None, "--n", help="evaluation samples per row (default: the task's)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="training batch (default: the task's budget)"),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: bool = typer.Option(False, "--json", help="print metrics.json to stdout"),
+) -> None:
+    """Distil a student with METHOD on TASK and report it against the teacher, every figure with its 95% interval."""
+    from .experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(task=task, method=method, student_steps=student_steps, iterations=iterations, n=n,
+                           seed=seed, batch_size=batch_size)
+    res = run_experiment(cfg, out, log=lambda m: typer.echo(m, err=json_out))
+    if json_out:
+        typer.echo(json.dumps(res.summary, indent=2))
 
 
 def main() -> None:

@@ -7,68 +7,12 @@ ever see x0 (or ask for another parametrisation with :meth:`Denoiser.predict`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from .card import Boundary, ModelCard
 from .schedules import Schedule
-
-PREDICTIONS = ("eps", "x0", "v", "flow")
-
-
-def _check_prediction(kind: str) -> str:
-    if kind not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {kind!r}; use one of {PREDICTIONS}")
-    return kind
-
-
-def _bcast(a: Tensor, x: Tensor) -> Tensor:
-    """(B,) or () coefficient -> shape broadcastable against x (B, ...)."""
-    a = a.to(device=x.device, dtype=x.dtype)
-    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) if a.ndim else a
-
-
-def to_x0_eps(pred: Tensor, kind: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """Any parametrisation -> (x0, eps), given x = alpha x0 + sigma eps.
-
-    v = alpha eps - sigma x0 (Salimans & Ho 2022); flow u = eps - x0 (rectified flow velocity).
-    Both inversions hold for any (alpha, sigma), not only variance-preserving ones.
-    """
-    a, s = _bcast(alpha, x), _bcast(sigma, x)
-    if kind == "x0":
-        return pred, (x - a * pred) / s
-    if kind == "eps":
-        return (x - s * pred) / a, pred
-    if kind == "v":
-        n = a**2 + s**2
-        return (a * x - s * pred) / n, (s * x + a * pred) / n
-    if kind == "flow":
-        n = a + s
-        return (x - s * pred) / n, (x + a * pred) / n
-    raise ValueError(f"unknown prediction type {kind!r}; use one of {PREDICTIONS}")
-
-
-def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """(x0, eps) -> the requested parametrisation."""
-    a, s = _bcast(alpha, x0), _bcast(sigma, x0)
-    if kind == "x0":
-        return x0
-    if kind == "eps":
-        return eps
-    if kind == "v":
-        return a * eps - s * x0
-    if kind == "flow":
-        return eps - x0
-    raise ValueError(f"unknown prediction type {kind!r}; use one of {PREDICTIONS}")
-
-
-def convert(pred: Tensor, src: str, dst: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Convert a network output from parametrisation ``src`` to ``dst`` at (x, alpha, sigma)."""
-    _check_prediction(dst)
-    x0, eps = to_x0_eps(pred, _check_prediction(src), x, alpha, sigma)
-    return from_x0_eps(x0, eps, dst, alpha, sigma)
-
+from .updates import PREDICTIONS, _bcast, _check_prediction, convert, eps_from_x0, from_x0_eps, to_x0_eps  # noqa: F401 (the public conversions)
 
 class Denoiser(nn.Module):
     """A network with its schedule and parametrisation; ``forward`` returns x0.
@@ -79,17 +23,14 @@ class Denoiser(nn.Module):
         prediction: what the net outputs: "eps", "x0", "v" or "flow".
         sample_shape: shape of one sample, e.g. (1, 16, 16); inputs are checked against it.
         num_classes: for class-label nets, the null label (unconditional) is ``num_classes``.
-        guidance: default classifier-free guidance scale w (1 = no guidance).
-        steps: for distilled students, the number of steps they were trained for (None = any).
-        sampler: a distilled student's own sampling rule, ``{"solver": name, "grid": [times] or a
-            grid name, **solver options}``; ``sample(den, x)`` uses it when no solver is named.
-        boundary: consistency-model parametrisation ``{"sigma_data": s, "timestep_scaling": k}``:
-            x0 = c_skip(t) x + c_out(t) x0_net with c_skip = s^2 / ((k n)^2 + s^2) and
-            c_out = k n / sqrt((k n)^2 + s^2), n the net time (Song et al. 2023, Eq. 5; LCM's
-            timestep scaling). c_skip = 1, c_out = 0 at net time 0, so f(x, t_min) = x exactly.
+        guidance: default classifier-free guidance scale w at sampling time (1 = no guidance).
         clip_x0: if set, x0 predictions are clipped to [-clip_x0, clip_x0] at sampling time (not in
             training mode) and the other parametrisations follow from the clipped x0 (diffusers'
             ``clip_sample``; Saharia et al. 2022 static thresholding). For data in a known range.
+        boundary: a consistency model's skip/out parametrisation (:class:`~fewstep.core.card.Boundary`),
+            part of what the model returns, so it lives here and not on the card.
+        card: how to use the checkpoint (:class:`~fewstep.core.card.ModelCard`: a student's step count
+            and own sampling rule, provenance); ``sample(den, x)`` reads it, the forward pass never does.
     Counters: ``nfe`` counts Denoiser calls, ``net_evals`` counts network forward passes
     (a guided call is one NFE and two network evaluations).
     """
@@ -103,36 +44,30 @@ class Denoiser(nn.Module):
         sample_shape: tuple[int, ...] | None = None,
         num_classes: int = 0,
         guidance: float = 1.0,
-        steps: int | None = None,
         clip_x0: float | None = None,
-        sampler: dict[str, Any] | None = None,
-        boundary: dict[str, float] | None = None,
-        info: dict[str, Any] | None = None,
+        boundary: Boundary | None = None,
+        card: ModelCard | None = None,
     ):
         super().__init__()
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a fewstep Schedule, got {type(schedule).__name__}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"steps={steps}: a sampler needs at least 1 step")
         self.net = net
         self.schedule = schedule
         self.prediction = _check_prediction(prediction)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.num_classes = int(num_classes)
         self.guidance = float(guidance)
-        self.steps = steps
         if clip_x0 is not None and clip_x0 <= 0:
             raise ValueError(f"clip_x0={clip_x0} must be positive (the data range), or None")
         self.clip_x0 = clip_x0
-        if sampler is not None and "solver" not in sampler:
-            raise ValueError(f"sampler={sampler!r} must name a 'solver' (and usually a 'grid')")
-        self.sampler = dict(sampler) if sampler is not None else None
-        if boundary is not None and set(boundary) != {"sigma_data", "timestep_scaling"}:
-            raise ValueError(f"boundary={boundary!r} needs exactly the keys 'sigma_data' and 'timestep_scaling'")
-        self.boundary = dict(boundary) if boundary is not None else None
+        if boundary is not None and not isinstance(boundary, Boundary):
+            raise TypeError(f"boundary must be a fewstep.core.card.Boundary, got {type(boundary).__name__}")
+        self.boundary = boundary
+        if card is not None and not isinstance(card, ModelCard):
+            raise TypeError(f"card must be a fewstep.core.card.ModelCard, got {type(card).__name__}")
+        self.card = card or ModelCard()
         # A guidance-distilled net takes w as an input: one pass per guided call instead of two.
         self.guidance_embedded = bool(getattr(getattr(net, "config", None), "guidance_embed", False))
-        self.info = dict(info or {})
         self.nfe = 0
         self.net_evals = 0
 
@@ -178,7 +113,7 @@ class Denoiser(nn.Module):
         if out.shape != x.shape:
             raise ValueError(
                 f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}"
-                + (f"; this student samples only with its own rule ({self.sampler['solver']!r})" if self.sampler else "")
+                + (f"; this student samples only with its own rule ({self.card.sampler.solver!r})" if self.card.sampler else "")
             )
         return out
 
@@ -188,16 +123,31 @@ class Denoiser(nn.Module):
             return torch.full_like(cond, self.num_classes)
         return torch.full_like(cond, float("nan"))
 
-    def raw(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: float | None = None) -> Tensor:
-        """The network's own (guided) output in its native parametrisation."""
+    def raw(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: float | Tensor | None = None) -> Tensor:
+        """One network evaluation in the net's own parametrisation, never guided: ``guidance`` is
+        only the input of a guidance-embedded net (guided distillation), which sees w = 1 by default."""
+        if self.guidance_embedded:
+            return self._net(x, t, cond, 1.0 if guidance is None else guidance)
+        return self._net(x, t, cond)
+
+    def guided(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: float | None = None) -> Tensor:
+        """The guided output in the net's parametrisation (Ho & Salimans 2022): uncond + w (cond - uncond).
+
+        Sampling only: in training mode the CFG combination is refused (a loss must see the net's own
+        output; distillation objectives guide the frozen teacher, which is in eval mode).
+        """
         w = self.guidance if guidance is None else guidance
         if self.guidance_embedded:
-            return self._net(x, t, cond, w)
+            return self.raw(x, t, cond, w)
         w = float(w)
         if cond is None or w == 1.0:
-            return self._net(x, t, cond)
-        # Classifier-free guidance: uncond + w (cond - uncond), in one batched pass.
-        self.net_evals += 1
+            return self.raw(x, t, cond)
+        if self.training:
+            raise RuntimeError(
+                f"classifier-free guidance (w={w}) asked of a Denoiser in training mode; CFG is a sampling-time "
+                f"combination: call .eval() first, or leave guidance unset in losses"
+            )
+        self.net_evals += 1  # one batched pass evaluates the net twice
         both = self._net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, self.null_cond(cond)]))
         c, u = both.chunk(2)
         return u + w * (c - u)
@@ -214,7 +164,10 @@ class Denoiser(nn.Module):
         """Guided prediction at (x, t) in parametrisation ``kind`` (default x0)."""
         t = self._check(x, t, cond)
         self.nfe += 1
-        out = self.raw(x, t, cond, guidance)
+        if self.training and guidance is None:
+            out = self.raw(x, t, cond)  # training never applies the model's default CFG scale
+        else:
+            out = self.guided(x, t, cond, guidance)
         if self.boundary is not None:
             out = self._apply_boundary(out, x, t)
         clip = self.clip_x0 is not None and not self.training
@@ -225,19 +178,19 @@ class Denoiser(nn.Module):
             return convert(out, self.prediction, kind, x, alpha, sigma)
         x0, _ = to_x0_eps(out, self.prediction, x, alpha, sigma)
         x0 = x0.clamp(-self.clip_x0, self.clip_x0)
-        eps = (x - _bcast(alpha, x) * x0) / _bcast(sigma, x)
+        eps = eps_from_x0(x, x0, alpha, sigma)
         return from_x0_eps(x0, eps, kind, alpha, sigma)
 
     def _apply_boundary(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """Consistency skip/out parametrisation on x0, returned in the net's own parametrisation."""
         alpha, sigma = self.coefficients(t)
         x0, _ = to_x0_eps(out, self.prediction, x, alpha, sigma)
-        sd, k = self.boundary["sigma_data"], self.boundary["timestep_scaling"]
+        sd, k = self.boundary.sigma_data, self.boundary.timestep_scaling
         n = k * self.schedule.net_time(t).clamp(min=0).to(x.dtype)
         c_skip = sd**2 / (n**2 + sd**2)
         c_out = n / torch.sqrt(n**2 + sd**2)
         x0 = _bcast(c_skip, x) * x + _bcast(c_out, x) * x0
-        eps = (x - _bcast(alpha, x) * x0) / _bcast(sigma, x)
+        eps = eps_from_x0(x, x0, alpha, sigma)
         return from_x0_eps(x0, eps, self.prediction, alpha, sigma)
 
     def forward(
@@ -248,7 +201,6 @@ class Denoiser(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"schedule={self.schedule.kind}, prediction={self.prediction}, "
-            f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, steps={self.steps}, "
-            f"sampler={self.sampler}, boundary={self.boundary}, "
-            f"clip_x0={self.clip_x0}"
+            f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, "
+            f"boundary={self.boundary}, clip_x0={self.clip_x0}, card={self.card}"
         )

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from . import schedules
+from .card import ModelCard
 from .denoiser import Denoiser
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -213,8 +214,8 @@ def from_diffusers(
         sample_shape=sample_shape if sample_shape is not None else _sample_shape(model),
         num_classes=num_classes or 0,
         guidance=guidance,
-        info={"source": "diffusers", "class": type(model).__name__},
-    )
+        card=ModelCard(provenance={"source": "diffusers", "class": type(model).__name__}),
+    ).eval()  # a pretrained model is for sampling (guidance, clipping); call .train() to fine-tune
 
 
 # -- loading from disk -------------------------------------------------------------------------
@@ -290,5 +291,5 @@ def load_diffusers(
     model = classes["config.json"].from_pretrained(model_dir, local_files_only=True)
     scheduler = classes["scheduler_config.json"].from_pretrained(sched_dir, local_files_only=True)
     den = from_diffusers(model, scheduler, **kw)
-    den.info["path"] = str(model_dir)
+    den.card = den.card.with_provenance(path=str(model_dir))
     return den

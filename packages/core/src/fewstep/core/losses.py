@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser, from_x0_eps
+from .denoiser import Denoiser
+from .updates import from_x0_eps, noise_to
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,7 @@ class DenoisingLoss:
         t = sched.t_min + (sched.t_max - sched.t_min) * u
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         alpha, sigma = denoiser.coefficients(t)
-        a = alpha.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
-        s = sigma.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
-        x_t = a * x0 + s * eps
+        x_t = noise_to(sched, x0, t, eps)
         target = from_x0_eps(x0, eps, denoiser.prediction, alpha, sigma)
         pred = model(x_t, t, cond, kind=denoiser.prediction)  # model may be the DDP wrapper
         return (pred.float() - target.float()).pow(2).flatten(1).mean(1)

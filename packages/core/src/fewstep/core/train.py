@@ -1,9 +1,13 @@
-"""One training loop for teachers and students: AdamW, EMA, clipping, AMP, DDP, atomic resume.
+"""One training loop for teachers and students: one AdamW per part, EMA, clipping, AMP, DDP or FSDP2, atomic resume.
 
-Run it in one process, or the same script under ``torchrun --nproc-per-node N`` for DDP (gloo on
-CPU, NCCL on CUDA). Every step draws its batch and noise from a generator seeded by
-(seed, step, rank), so a run resumed from a checkpoint continues bit-for-bit like one that was
-never interrupted.
+Run it in one process, or the same script under ``torchrun --nproc-per-node N`` to replicate the
+module (``strategy="ddp"``, DistributedDataParallel) or shard it (``strategy="fsdp"``, FSDP2
+``fully_shard``, ``sharding.py``) over the ranks (gloo on CPU, NCCL on CUDA). A module may declare
+trainable parts (``parts.py``: a distillation student, critic, discriminator): each gets its own
+AdamW, learning-rate multiple, betas, weight decay, gradient clip and update ratio; a plain module
+is one part. Every iteration draws its batch and noise from a generator seeded by (seed,
+iteration, rank), so a run resumed from a checkpoint continues bit-for-bit like one that was never
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -22,28 +26,34 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from . import sharding
 from .io import CheckpointError, checkpoint_paths, load_state_into, load_weights, save_weights
+from .parts import WHOLE, Part, module_parts, part_parameters, update_period
 
 LossFn = Callable[[nn.Module, Sequence[Tensor], torch.Generator], Tensor]
 CKPT_NAME = "checkpoint"
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; ``batch_size`` is the global batch (split over DDP ranks)."""
+    """Optimisation settings; ``batch_size`` is the global batch (split over the ranks). ``lr``,
+    ``betas``, ``weight_decay`` and ``grad_clip`` are every part's unless its ``Part`` says otherwise."""
 
-    iterations: int  # optimiser updates (training iterations)
+    iterations: int  # training iterations (one forward/backward each; a part steps on its turns)
     batch_size: int = 128
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_iterations: int = 100
     ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    amp: str = "auto"  # "auto" (bf16 autocast on CUDA), "off", "bf16"
+    grad_clip: float = 1.0  # max gradient norm, per part; 0 = no clipping
+    amp: str = "auto"  # "auto" (bf16 autocast on CUDA), "off", "bf16"; fsdp: also bf16 all-gathers
     ckpt_every: int = 500
     seed: int = 0
     progress: bool = True
+    strategy: str = "ddp"  # under torchrun: "ddp" replicates the module, "fsdp" shards it (FSDP2)
+    activation_checkpointing: bool = False  # recompute each net block's activations in backward
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -56,16 +66,25 @@ class TrainConfig:
             raise ValueError(f"amp={self.amp!r}; use 'auto', 'off' or 'bf16'")
         if self.ckpt_every < 1:
             raise ValueError("ckpt_every must be >= 1")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # JSON gives lists back
 
 
 @dataclass
 class TrainResult:
-    step: int
+    iteration: int  # iterations done (the run's total, resumed ones included)
     losses: list[float]
-    ema: dict[str, Tensor]
+    ema: dict[str, Tensor]  # the EMA state dict, whole tensors on every rank
     seconds: float
     resumed_from: int = 0
     history: dict = field(default_factory=dict)
+    updates: dict[str, int] = field(default_factory=dict)  # optimiser steps per part, resumed ones included ("model": WHOLE)
+
+    @property
+    def step(self) -> int:
+        """The old name of ``iteration``."""
+        return self.iteration
 
 
 # -- distributed helpers --------------------------------------------------------------------------
@@ -90,30 +109,12 @@ def _barrier() -> None:
 
 
 def _all_finite(x: Tensor) -> bool:
-    flag = torch.tensor([float(torch.isfinite(x).all())], device=x.device)
+    flag = torch.tensor([float(torch.isfinite(sharding.full_tensor(x)).all())], device=x.device)
     if dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
 
 
-def _param_groups(module: nn.Module, params: list[Tensor]) -> list[dict]:
-    """One AdamW group per learning-rate scale. A module may define ``lr_scales() -> {submodule
-    name prefix: scale}`` (e.g. a distillation critic trained at 2x the student's rate, DMD2's two
-    time-scale rule); parameters under no prefix get scale 1."""
-    scales = module.lr_scales() if hasattr(module, "lr_scales") else {}
-    if not scales:
-        return [{"params": params}]
-    by_scale: dict[float, list[Tensor]] = {}
-    trainable = {id(p) for p in params}
-    for name, p in module.named_parameters():
-        if id(p) not in trainable:
-            continue
-        scale = next((float(v) for k, v in scales.items() if name == k or name.startswith(k + ".")), 1.0)
-        by_scale.setdefault(scale, []).append(p)
-    return [{"params": ps, "lr_scale": sc} for sc, ps in sorted(by_scale.items())]
-
-
-# -- EMA and optimizer state as flat tensors ------------------------------------------------------
 def _ema_update(ema: dict[str, Tensor], module: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for k, v in module.state_dict().items():
@@ -123,41 +124,113 @@ def _ema_update(ema: dict[str, Tensor], module: nn.Module, decay: float) -> None
                 ema[k].copy_(v)
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+def _optimizer(part: Part, params: list[Tensor], config: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        params,
+        lr=config.lr * part.lr_scale,
+        betas=part.betas or config.betas,
+        weight_decay=config.weight_decay if part.weight_decay is None else part.weight_decay,
+    )
+
+
+# -- the checkpoint: model, EMA and each part's optimiser state in one safetensors file -------------
+# Optimiser states are keyed by parameter name ("opt.<part index>.<name>.<stat>"), whatever the
+# strategy, so a checkpoint resumes under DDP, FSDP or one process alike (sharding.py).
+def _named_optimizer_state(opt: torch.optim.Optimizer, names: list[str]) -> dict:
     sd = opt.state_dict()
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return {"state": {names[i]: st for i, st in sd["state"].items()}, "param_groups": groups}
+
+
+def _load_named_optimizer_state(opt: torch.optim.Optimizer, names: list[str], state: dict, where: str) -> None:
+    index = {n: i for i, n in enumerate(names)}
+    if [n for g in state["param_groups"] for n in g["params"]] != names:
+        raise CheckpointError(f"{where}: its optimiser holds other parameters than this run's; train in a new work dir")
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    opt.load_state_dict({"state": {index[n]: st for n, st in state["state"].items()}, "param_groups": groups})
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global RNG states. Batches and noise come from the loop's seeded generator, but a net may
+    draw from the global RNG itself (CFG label dropout, dropout): resume restores these too."""
+    state = {"rng.cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(tensors: dict[str, Tensor], device: torch.device) -> None:
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+
+
+def save_training_state(
+    out_dir: Path,
+    model_sd,
+    ema,
+    optim: list[dict],
+    parts,
+    iteration: int,
+    losses,
+    config: TrainConfig,
+    card: dict,
+    rng: dict | None = None,
+) -> None:
+    """Atomic checkpoint of everything needed to resume (rank 0 only; whole tensors)."""
     tensors = {
-        f"opt.{i}.{name}": (v if isinstance(v, Tensor) else torch.tensor(v))
-        for i, st in sd["state"].items()
-        for name, v in st.items()
+        **{f"model.{k}": v for k, v in model_sd.items()},
+        **{f"ema.{k}": v for k, v in ema.items()},
+        **(rng or {}),
     }
-    return tensors, sd["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict[str, Tensor]] = {}
-    for k, v in tensors.items():
-        _, i, name = k.split(".", 2)
-        state.setdefault(int(i), {})[name] = v
-    return {"state": state, "param_groups": groups}
-
-
-def save_training_state(out_dir: Path, module: nn.Module, ema: dict, opt, step: int, losses, config: TrainConfig, card: dict) -> None:
-    """Atomic checkpoint of everything needed to resume (rank 0 only)."""
-    opt_t, groups = _flatten_optimizer(opt)
-    tensors = {**{f"model.{k}": v for k, v in module.state_dict().items()}, **{f"ema.{k}": v for k, v in ema.items()}, **opt_t}
-    meta = {**card, "kind": "training-state", "step": step, "losses": losses, "param_groups": groups, "train_config": asdict(config)}
+    for i, osd in enumerate(optim):
+        for name, st in osd["state"].items():
+            for stat, v in st.items():
+                tensors[f"opt.{i}.{name}.{stat}"] = v if isinstance(v, Tensor) else torch.tensor(v)
+    meta = {
+        **card,
+        "kind": "training-state",
+        "iteration": iteration,
+        "losses": losses,
+        "parts": [asdict(p) for p in parts],
+        "param_groups": [osd["param_groups"] for osd in optim],
+        "train_config": asdict(config),
+    }
     save_weights(out_dir / CKPT_NAME, tensors, meta)
 
 
-def load_training_state(out_dir: Path, module: nn.Module, opt) -> tuple[dict[str, Tensor], int, list[float]]:
+def load_training_state(out_dir: Path, parts: Sequence[Part]) -> dict:
+    """{"model", "ema": state dicts, "optim": [name-keyed optimiser state per part], "iteration",
+    "losses"}: the checkpoint in ``out_dir``, checked against this run's parts."""
+    where = str(checkpoint_paths(out_dir / CKPT_NAME)[0])
     tensors, card = load_weights(out_dir / CKPT_NAME)
     if card.get("kind") != "training-state":
-        raise CheckpointError(f"{out_dir / CKPT_NAME}: not a training checkpoint")
-    model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    load_state_into(module, model_sd, str(checkpoint_paths(out_dir / CKPT_NAME)[0]))
-    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    opt.load_state_dict(_unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("opt.")}, card["param_groups"]))
-    return ema, int(card["step"]), list(card.get("losses", []))
+        raise CheckpointError(f"{where}: not a training checkpoint")
+    if "parts" not in card:
+        raise CheckpointError(
+            f"{where}: written by an older fewstep (one optimiser for all parts); train in a new work dir"
+        )
+    saved = [p["name"] for p in card["parts"]]
+    if saved != [p.name for p in parts]:
+        raise CheckpointError(
+            f"{where}: trains the parts {saved}, this run {[p.name for p in parts]}; train in a new work dir"
+        )
+    optim = [{"state": {}, "param_groups": g} for g in card["param_groups"]]
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, rest = k.split(".", 2)
+            name, stat = rest.rsplit(".", 1)
+            optim[int(i)]["state"].setdefault(name, {})[stat] = v
+    return {
+        "model": {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+        "ema": {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
+        "optim": optim,
+        "rng": {k: v for k, v in tensors.items() if k.startswith("rng.")},
+        "iteration": int(card["iteration"]),
+        "losses": list(card.get("losses", [])),
+        "where": where,
+    }
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -178,75 +251,153 @@ def train(
 ) -> TrainResult:
     """Train ``module``'s parameters to minimise ``loss_fn(model, batch, generator).mean()``.
 
-    ``model`` handed to the loss is ``module`` itself, or its DDP wrapper under torchrun: the loss
-    must call it (not ``module``) so gradients are synchronised. ``data`` is a list of tensors with
-    a shared first dimension (None entries pass through). Checkpoints go to ``out_dir`` every
-    ``config.ckpt_every`` steps and at the end; an existing checkpoint there is resumed from.
+    ``model`` handed to the loss is ``module`` itself, its DDP wrapper, or its sharded FSDP copy
+    under torchrun: the loss must call it (not ``module``) so gradients are synchronised. ``data``
+    is a list of tensors with a shared first dimension (None entries pass through). The module's
+    ``parts()`` (if it has them) say what trains with which optimiser settings (``parts.py``).
+    Checkpoints go to ``out_dir`` every ``config.ckpt_every`` iterations and at the end; an
+    existing checkpoint there is resumed from. On return ``module`` holds the trained weights as
+    plain tensors whatever the strategy.
     """
     out_dir = Path(out_dir)
     card = dict(card or {})
     rank, world, device = init_distributed()
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by world size {world}")
-    module.to(device).train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("module has no trainable parameters")
-    opt = torch.optim.AdamW(_param_groups(module, params), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    ema = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    step, losses = 0, []
-    if resume and checkpoint_paths(out_dir / CKPT_NAME)[1].is_file():
-        ema, step, losses = load_training_state(out_dir, module, opt)
-        ema = {k: v.to(device) for k, v in ema.items()}
-    resumed_from = step
-    # A module whose steps leave some parameters without gradients (a critic-only step of DMD2) asks
-    # DDP to look for them, else DDP stops at the next step waiting for those gradients.
-    model: nn.Module = DDP(module, find_unused_parameters=bool(getattr(module, "find_unused_parameters", False))) if world > 1 else module
+    parts = module_parts(module)
+    part_parameters(module, parts)  # a part naming nothing, or a stray trainable parameter, stops here
+    saved = (
+        load_training_state(out_dir, parts) if resume and checkpoint_paths(out_dir / CKPT_NAME)[1].is_file() else None
+    )
+    if saved:
+        load_state_into(module, saved["model"], saved["where"])
+    strategy = config.strategy if world > 1 else "one"
     use_amp = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+    module.train()
+    if strategy == "fsdp" and not getattr(module, "fsdp_ready", True):
+        raise ValueError(
+            f"strategy='fsdp': {getattr(getattr(module, 'objective', None), 'name', type(module).__name__)} is not "
+            "marked FSDP-ready (Objective.fsdp_ready: its nets may be called a different number of times on each "
+            "rank, or not through their forward); use strategy='ddp'"
+        )
+    if strategy == "fsdp":
+        engine = sharding.sharded_copy(module, device, use_amp, config.activation_checkpointing)
+        nn.Module.to(module, "cpu")  # the caller's copy waits on the host (its teacher stays shared)
+    else:
+        engine = module.to(device)
+        if config.activation_checkpointing:
+            sharding.set_checkpointing(module, True)
+    named = part_parameters(engine, parts)
+    names = [[n for n, _ in ps] for ps in named]
+    opts = [_optimizer(part, [p for _, p in ps], config) for part, ps in zip(parts, named)]
+    ema = {k: v.detach().clone() for k, v in engine.state_dict().items()}
+    iteration, losses = 0, []
+    if saved:
+        for opt, nm, osd in zip(opts, names, saved["optim"]):
+            if strategy == "fsdp":
+                sharding.load_full_optimizer_state(engine, opt, osd)
+            else:
+                _load_named_optimizer_state(opt, nm, osd, saved["where"])
+        if set(saved["ema"]) != set(ema):
+            raise CheckpointError(f"{saved['where']}: its EMA does not fit this module; train in a new work dir")
+        ema = {k: sharding.shard_like(saved["ema"][k], v) for k, v in ema.items()}
+        iteration, losses = saved["iteration"], saved["losses"]
+        _set_rng_state(saved["rng"], device)  # rank 0's: every rank draws the same shapes, so they agree
+        del saved
+    resumed_from = iteration
+    periods = [update_period(parts, p) for p in parts]
+    clips = [config.grad_clip if p.grad_clip is None else p.grad_clip for p in parts]
+    # Parameters without gradients at some iterations (a critic-only iteration of DMD2, a part off
+    # its turn) need DDP to look for them, else DDP waits at the next iteration for those gradients.
+    unused = bool(getattr(module, "find_unused_parameters", False)) or max(periods) > 1
+    model: nn.Module = DDP(module, find_unused_parameters=unused) if strategy == "ddp" else engine
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    bar = tqdm(total=config.iterations, initial=step, disable=not config.progress or rank != 0, desc="train", dynamic_ncols=True)
+
+    def checkpoint(barrier: bool = True) -> None:
+        """Gather the whole state to rank 0 and write it there (every rank must call under fsdp)."""
+        if strategy == "fsdp":
+            model_sd = sharding.full_model_state(engine, rank0_only=True)
+            optim = [sharding.full_optimizer_state(engine, o) for o in opts]
+            ema_sd = {k: sharding.full_tensor(v).cpu() for k, v in ema.items()}
+        elif rank == 0:
+            model_sd, optim, ema_sd = (
+                module.state_dict(),
+                [_named_optimizer_state(o, n) for o, n in zip(opts, names)],
+                ema,
+            )
+        if rank == 0:
+            save_training_state(
+                out_dir, model_sd, ema_sd, optim, parts, iteration, losses, config, card, _rng_state(device)
+            )
+        if barrier:
+            _barrier()
+
+    bar = tqdm(
+        total=config.iterations,
+        initial=iteration,
+        disable=not config.progress or rank != 0,
+        desc="train",
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     try:
-        while step < config.iterations:
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + rank)
+        while iteration < config.iterations:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 7919 + rank)
             batch = _batch(data, config.batch_size // world, gen, device)
-            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_iterations))
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
+            lr = config.lr * min(1.0, (iteration + 1) / max(1, config.warmup_iterations))
+            for part, opt in zip(parts, opts):
+                for g in opt.param_groups:
+                    g["lr"] = lr * part.lr_scale
             with autocast():
                 loss = loss_fn(model, batch, gen).mean()
             if not _all_finite(loss.detach()):
-                raise FloatingPointError(_diverged(loss, step, out_dir, config))
-            opt.zero_grad(set_to_none=True)
+                raise FloatingPointError(_diverged(loss, iteration, out_dir, config))
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
-            if not _all_finite(gnorm.detach()):
-                raise FloatingPointError(_diverged(gnorm, step, out_dir, config, what="gradient norm"))
-            opt.step()
-            step += 1
-            _ema_update(ema, module, min(config.ema_decay, (1 + step) / (10 + step)))
+            turn = [iteration % period == 0 for period in periods]
+            for part, opt, ps, clip, on in zip(parts, opts, named, clips, turn):
+                if not on:
+                    opt.zero_grad(set_to_none=True)  # not this part's turn: its gradient is dropped
+                    continue
+                gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in ps], clip if clip > 0 else math.inf)
+                if not _all_finite(gnorm.detach()):
+                    what = "gradient norm" + (f" of part {part.name!r}" if part.name != WHOLE else "")
+                    raise FloatingPointError(_diverged(gnorm, iteration, out_dir, config, what=what))
+            for opt, on in zip(opts, turn):
+                if on:
+                    opt.step()
+            iteration += 1
+            _ema_update(ema, engine, min(config.ema_decay, (1 + iteration) / (10 + iteration)))
             losses.append(float(loss.detach()))
             bar.update(1)
-            if step % 10 == 0:
+            if iteration % 10 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
-            if step % config.ckpt_every == 0 or step == config.iterations:
-                if rank == 0:
-                    save_training_state(out_dir, module, ema, opt, step, losses, config, card)
-                _barrier()
+            if iteration % config.ckpt_every == 0 or iteration == config.iterations:
+                checkpoint()
     except KeyboardInterrupt:
-        if rank == 0 and step > resumed_from:
-            save_training_state(out_dir, module, ema, opt, step, losses, config, card)
-            print(f"\ninterrupted at step {step}; checkpoint saved in {out_dir}, run again to resume")
+        # Under fsdp the save is a collective that an interrupted peer may never join: keep the last one.
+        if strategy != "fsdp" and iteration > resumed_from:
+            checkpoint(barrier=False)  # the other ranks may be gone already
+            if rank == 0:
+                print(f"\ninterrupted at iteration {iteration}; checkpoint saved in {out_dir}, run again to resume")
         raise
     finally:
         bar.close()
-    return TrainResult(step, losses, ema, time.perf_counter() - t0, resumed_from)
+        if config.activation_checkpointing and strategy != "fsdp":
+            sharding.set_checkpointing(module, False)  # the caller's module is plain again
+    if strategy == "fsdp":
+        module.load_state_dict(sharding.full_model_state(engine, rank0_only=False))
+        module.to(device)
+        ema = {k: sharding.full_tensor(v) for k, v in ema.items()}
+    updates = {(p.name or "model"): -(-iteration // period) for p, period in zip(parts, periods)}
+    return TrainResult(iteration, losses, ema, time.perf_counter() - t0, resumed_from, updates=updates)
 
 
-def _diverged(value: Tensor, step: int, out_dir: Path, config: TrainConfig, what: str = "loss") -> str:
-    last = (step // config.ckpt_every) * config.ckpt_every
-    where = f"the last checkpoint (step {last}) is in {out_dir}" if last else "no checkpoint was written yet"
+def _diverged(value: Tensor, iteration: int, out_dir: Path, config: TrainConfig, what: str = "loss") -> str:
+    last = (iteration // config.ckpt_every) * config.ckpt_every
+    where = f"the last checkpoint (iteration {last}) is in {out_dir}" if last else "no checkpoint was written yet"
     return (
-        f"{what} became {float(value.detach())} at step {step}: training diverged; {where}. "
+        f"{what} became {float(sharding.full_tensor(value.detach()))} at iteration {iteration}: training diverged; {where}. "
         f"Lower the learning rate (lr={config.lr}), keep grad_clip > 0, or check the data for NaN/inf."
     )

@@ -4,6 +4,7 @@ Pruning removes channels and heads; quantization swaps layers for packed low-bit
 visible in the net's config, so each transform appends a JSON spec to ``net.fewstep_transforms``;
 ``save_denoiser`` writes the list into the card and ``load_denoiser`` replays it, in order, on the
 freshly built net before loading the weights (so a pruned-then-quantized model round-trips).
+This module is a leaf: quant and prune import it; the replay (which needs both) lives in checkpoints.
 """
 
 from __future__ import annotations
@@ -25,18 +26,3 @@ def record(net: nn.Module, spec: dict[str, Any]) -> None:
     if "kind" not in spec:
         raise ValueError("a transform spec needs a 'kind' key")
     object.__setattr__(net, ATTR, [*recorded(net), spec])
-
-
-def replay(net: nn.Module, specs: list[dict[str, Any]]) -> nn.Module:
-    """Re-apply recorded transforms to a fresh net of the original architecture (weights follow)."""
-    for spec in specs:
-        kind = spec.get("kind")
-        if kind == "prune":
-            from .prune import restore_structure
-        elif kind == "quant":
-            from .quant import restore_structure
-        else:
-            raise ValueError(f"unknown transform {kind!r}; this fewstep knows 'prune' and 'quant'")
-        restore_structure(net, spec)
-        record(net, spec)
-    return net

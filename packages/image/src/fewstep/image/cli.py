@@ -28,7 +28,7 @@ def models() -> None:
 def evaluate(
     model: str = typer.Argument(..., help="shipped name (see `models`) or checkpoint path"),
     solver: str = typer.Option("auto", help="sampler; `fewstep info` lists them (auto: a distilled student's own rule, else dpmpp_2m)"),
-    steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's own, else 20)"),
+    steps: Optional[int] = typer.Option(None, "--num-steps", help="sampling steps (default: the model's own, else 20)"),
     grid: Optional[str] = typer.Option(None, help="time grid: uniform, logsnr, karras, quadratic, tuned, or a searched grid .json (default: the student's trained grid, else logsnr)"),
     n: int = typer.Option(500, help="number of samples"),
     seed: int = typer.Option(0),
@@ -40,7 +40,7 @@ def evaluate(
     from .registry import load_model
 
     den = load_model(model)
-    cfg = EvalConfig(solver=solver, steps=steps, grid=grid, n=n, seed=seed, guidance=guidance)
+    cfg = EvalConfig(solver=solver, num_steps=steps, grid=grid, n=n, seed=seed, guidance=guidance)
     r = evaluate_denoiser(den, cfg)
     if as_json:
         typer.echo(json.dumps({"model": model, **r}))
@@ -57,17 +57,18 @@ def evaluate(
 def train_teacher_cmd(
     dataset: str = typer.Argument(..., help="digits or shapes"),
     out: Path = typer.Option(..., help="checkpoint stem to write (out.safetensors + out.json)"),
-    steps: Optional[int] = typer.Option(None, help="training steps (default: the shipped recipe's)"),
+    steps: Optional[int] = typer.Option(None, "--iterations", help="training iterations (default: the shipped recipe's)"),
     seed: int = typer.Option(0),
     work_dir: Optional[Path] = typer.Option(None, help="checkpoints for resume (default: OUT.work)"),
+    strategy: str = typer.Option("ddp", help="under torchrun: ddp (replicate) or fsdp (shard, FSDP2); see docs/scale.md"),
 ) -> None:
     """Retrain a teacher from scratch with the shipped recipe; resumes if interrupted.
 
-    Scale out with: torchrun --nproc-per-node N $(which fewstep-image) train-teacher ...
+    Scale out with: torchrun --nproc-per-node N $(which fewstep-image) train-teacher ... [--strategy fsdp]
     """
     from .teachers import train_teacher
 
-    train_teacher(dataset, out, work_dir=work_dir, steps=steps, seed=seed)
+    train_teacher(dataset, out, work_dir=work_dir, steps=steps, seed=seed, strategy=strategy)
     typer.echo(f"saved {out}.safetensors and {out}.json")
 
 
@@ -87,7 +88,7 @@ def train_classifier_cmd(
 @friendly
 def search_grid_cmd(
     model: str = typer.Argument(..., help="shipped name or checkpoint path"),
-    steps: int = typer.Option(4, help="NFE budget (grid intervals)"),
+    steps: int = typer.Option(4, "--num-steps", help="sampling steps of the grid (its NFE budget)"),
     solver: str = typer.Option("dpmpp_2m"),
     metric: str = typer.Option("dfd", help="dfd, or error (to a 100-step solve of the same noise)"),
     n: int = typer.Option(250, help="fixed noise batch the candidates are scored on"),
@@ -97,12 +98,12 @@ def search_grid_cmd(
     out: Path = typer.Option(..., help="where to save the grid (.json); use it with --grid FILE"),
 ) -> None:
     """AutoDiffusion: evolutionary search of the time steps for a given NFE budget."""
-    from fewstep.core.solvers.search import SearchConfig
+    from fewstep.core.tuning.autodiffusion import SearchConfig
 
     from .grid_search import search_grid
     from .registry import load_model
 
-    cfg = SearchConfig(steps=steps, population=population, iterations=iterations, seed=seed)
+    cfg = SearchConfig(num_steps=steps, population=population, iterations=iterations, seed=seed)
     r = search_grid(load_model(model), cfg, solver=solver, n=n, metric=metric, out=out)
     base = ", ".join(f"{k} {v:.4g}" for k, v in r.baselines.items())
     typer.echo(f"searched {steps}-step grid: {metric} {r.score:.4g} (named grids: {base}); saved {out}")
@@ -114,9 +115,9 @@ def search_grid_cmd(
 def distill_cmd(
     method: str = typer.Argument(..., help="distillation method; `fewstep info` lists them (cd, pd, scm, reflow, ...)"),
     teacher: str = typer.Option("digits-teacher", help="shipped name (digits or digits-teacher, shapes) or checkpoint path"),
-    steps: int = typer.Option(4, help="the student's sampling steps (NFE)"),
+    steps: int = typer.Option(4, "--student-steps", help="the student's sampling steps (NFE)"),
     out: Path = typer.Option(..., help="student checkpoint stem (OUT.safetensors + OUT.json + OUT.report.json)"),
-    iters: Optional[int] = typer.Option(None, help="training iterations (default: the benchmark budget, 600)"),
+    iters: Optional[int] = typer.Option(None, "--iterations", help="training iterations (default: the benchmark budget, 600)"),
     batch_size: Optional[int] = typer.Option(None, help="global batch (default 64)"),
     lr: Optional[float] = typer.Option(None, help="learning rate (default 5e-5)"),
     option: list[str] = typer.Option([], "--option", "-o", help="objective setting key=value (repeatable), e.g. -o ema_decay=0.95"),

@@ -23,14 +23,14 @@ VARIANTS = (
 
 def _with(config, steps: int, iters: int):
     if isinstance(config, PruneConfig):
-        return replace(config, iters=iters, steps=steps)
+        return replace(config, iters=iters, num_steps=steps)
     return config if config is None else replace(config, calib_steps=steps)
 
 
 def compare_compression(name: str, n: int, seed: int, log, steps: int = 20, prune_iters: int = 60) -> list[str]:
     """Markdown rows: each compressed variant of ``name`` at ``steps`` DDIM steps."""
     den = load_model(name)
-    cfg = EvalConfig(solver="ddim", steps=steps, n=n, seed=seed)
+    cfg = EvalConfig(solver="ddim", num_steps=steps, n=n, seed=seed)
     lines = ["| variant | dFD | accuracy | weight MB | parameters | ms / sample | compress s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for label, config in VARIANTS:

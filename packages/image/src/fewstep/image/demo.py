@@ -63,7 +63,7 @@ def compare_solvers(name: str, nfes: tuple[int, ...], n: int, seed: int, log) ->
     from fewstep.core.solvers import sample
 
     den = load_model(name)
-    dataset = den.info["dataset"]
+    dataset = den.card.provenance["dataset"]
     gen = torch.Generator().manual_seed(seed + 1)
     noise = torch.randn(n, *den.sample_shape, generator=gen)
     y = torch.arange(n) % den.num_classes
@@ -100,11 +100,11 @@ def compare_students(n: int, seed: int, log) -> list[str]:
     for name in shipped_students():
         den = load_model(name)
         r = evaluate_denoiser(den, EvalConfig(n=n, seed=seed))
-        teacher = load_model(den.info.get("teacher") or f"{den.info['dataset']}-teacher")
-        t = evaluate_denoiser(teacher, EvalConfig(solver="dpmpp_2m", steps=den.steps, n=n, seed=seed))
+        teacher = load_model(den.card.provenance.get("teacher") or f"{den.card.provenance['dataset']}-teacher")
+        t = evaluate_denoiser(teacher, EvalConfig(solver="dpmpp_2m", num_steps=den.card.student_steps, n=n, seed=seed))
         log(f"{name:20s} {r['solver']} {r['steps']} steps: dFD {r['dfd']:7.3f} (teacher at the same NFE {t['dfd']:.3f})")
         lines.append(
-            f"| {name} | {den.info.get('distilled_by', '?')} | {r['solver']} | {r['nfe']:.0f} | {r['dfd']:.3f} | {r['accuracy']:.3f} | "
+            f"| {name} | {den.card.provenance.get('distilled_by', '?')} | {r['solver']} | {r['nfe']:.0f} | {r['dfd']:.3f} | {r['accuracy']:.3f} | "
             f"{r['recall']:.3f} | {r['seconds_per_sample'] * 1e3:.2f} | {t['dfd']:.3f} |"
         )
     return lines if len(lines) > 2 else ["No distilled students are shipped in this install."]
@@ -128,10 +128,10 @@ def run_demo(
     rows, sections = [], []
     for name in models:
         den = load_model(name)
-        dataset = den.info["dataset"]
+        dataset = den.card.provenance["dataset"]
         floor = real_data_baseline(dataset, n=min(n, 1000))
         for k in nfe:
-            cfg = EvalConfig(solver=solver, steps=k, n=n, seed=seed)
+            cfg = EvalConfig(solver=solver, num_steps=k, n=n, seed=seed)
             x, y, used_nfe, sec = generate(den, cfg)
             q = evaluate_samples(dataset, x, y)
             rows.append({"model": name, "solver": solver, "steps": k, "nfe": used_nfe, "seconds_per_sample": sec, **q.to_dict()})

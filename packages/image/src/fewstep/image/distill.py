@@ -22,7 +22,7 @@ from .registry import load_model
 
 # The shared budget of the benchmark: same iterations, batch and optimiser for every method.
 BUDGET = TrainConfig(iterations=600, batch_size=64, lr=5e-5, warmup_iterations=50, ema_decay=0.999, ckpt_every=100)
-TRAJECTORIES = {"digits": TrajectoryConfig(n=4096, steps=16), "shapes": TrajectoryConfig(n=1024, steps=16, batch_size=128)}
+TRAJECTORIES = {"digits": TrajectoryConfig(n=4096, num_steps=16), "shapes": TrajectoryConfig(n=1024, num_steps=16, batch_size=128)}
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def run_distill(
     dataset = dataset_of(den)
     objective = make_objective(method, **(options or {}))
     train_cfg = replace(BUDGET, seed=seed, progress=progress,
-                        **{k: v for k, v in {"steps": iters, "batch_size": batch_size, "lr": lr}.items() if v is not None})
+                        **{k: v for k, v in {"iterations": iters, "batch_size": batch_size, "lr": lr}.items() if v is not None})
     traj = TRAJECTORIES.get(dataset, TrajectoryConfig())
     if trajectories is not None:
         traj = replace(traj, n=trajectories, batch_size=min(traj.batch_size, trajectories))
@@ -83,7 +83,7 @@ def run_distill(
                   reward=reward)
     student = res.student
     q = evaluate_denoiser(student, EvalConfig(n=eval_n, seed=seed))
-    base = evaluate_denoiser(den, EvalConfig(solver="dpmpp_2m", steps=steps, n=eval_n, seed=seed, denoise_to_zero=True))
+    base = evaluate_denoiser(den, EvalConfig(solver="dpmpp_2m", num_steps=steps, n=eval_n, seed=seed, denoise_to_zero=True))
     report = {
         "method": method,
         "teacher": str(teacher),

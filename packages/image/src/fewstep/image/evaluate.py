@@ -17,7 +17,7 @@ from .quality import evaluate_samples
 @dataclass(frozen=True)
 class EvalConfig:
     solver: str = "auto"  # a student's own rule, else dpmpp_2m (fewstep.core.solvers.resolve_rule)
-    steps: int | None = None  # None: the student's own step count, else 20
+    num_steps: int | None = None  # None: the student's own step count, else 20
     grid: str | torch.Tensor | None = None  # None: the student's trained grid, else logsnr; or explicit times
     n: int = 500
     seed: int = 0
@@ -26,14 +26,14 @@ class EvalConfig:
     denoise_to_zero: bool = True  # last step returns the x0 prediction (as diffusers' schedulers do)
 
     def __post_init__(self):
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps={self.steps}: sampling needs at least 1 step")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps}: sampling needs at least 1 step")
         if self.n < 20:
             raise ValueError(f"n={self.n}: use at least 20 samples for a meaningful dFD")
 
 
 def dataset_of(den: Denoiser) -> str:
-    name = den.info.get("dataset")
+    name = den.card.provenance.get("dataset")
     if name not in DATASETS:
         raise ValueError(f"the model's card names no known dataset (got {name!r}); known: {sorted(DATASETS)}")
     return name
@@ -55,7 +55,7 @@ def generate(den: Denoiser, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor
     t0 = time.perf_counter()
     for i in range(0, cfg.n, cfg.batch_size):
         y = labels[i : i + cfg.batch_size].to(dev) if den.num_classes else None
-        x = sample(den, noise[i : i + cfg.batch_size].to(dev), cfg.solver, cfg.steps, cfg.grid, cond=y, guidance=cfg.guidance, generator=gen,
+        x = sample(den, noise[i : i + cfg.batch_size].to(dev), cfg.solver, cfg.num_steps, cfg.grid, cond=y, guidance=cfg.guidance, generator=gen,
                    denoise_to_zero=cfg.denoise_to_zero)
         out.append(x.cpu())  # .cpu() also waits for the device, so the timing is honest
         batches += 1
@@ -67,7 +67,8 @@ def evaluate_denoiser(den: Denoiser, cfg: EvalConfig = EvalConfig()) -> dict:
     """One JSON-ready dict: dfd, accuracy, precision, recall, nfe, seconds_per_sample, histogram."""
     x, y, nfe, sec = generate(den, cfg)
     report = evaluate_samples(dataset_of(den), x, y)
-    solver, steps, _, _ = resolve_rule(den, cfg.solver, cfg.steps, cfg.grid)
+    spec, steps, _, _ = resolve_rule(den, cfg.solver, cfg.num_steps, cfg.grid)
+    solver = spec.name
     return {
         **report.to_dict(),
         "nfe": nfe,

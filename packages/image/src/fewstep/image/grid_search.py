@@ -8,7 +8,7 @@ import torch
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.solvers import sample
-from fewstep.core.solvers.search import SearchConfig, SearchResult, autodiffusion_search, error_to_reference, save_searched_grid
+from fewstep.core.tuning import SearchConfig, SearchResult, autodiffusion_search, error_to_reference, save_searched_grid
 
 from .evaluate import dataset_of
 from .quality import evaluate_samples
@@ -26,7 +26,7 @@ def search_grid(
     out: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> SearchResult:
-    """Search a ``config.steps``-step grid for ``solver`` on ``n`` fixed class-balanced noises.
+    """Search a ``config.num_steps``-step grid for ``solver`` on ``n`` fixed class-balanced noises.
 
     ``metric="dfd"`` scores candidates by dFD against the real test split; ``"error"`` by RMS error
     to a ``reference_steps``-step DPM-Solver++(2M) solve of the same noise. Saves the grid to ``out``.

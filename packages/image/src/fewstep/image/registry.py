@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fewstep.core.checkpoints import load_denoiser
+from fewstep.core.checkpoints import load_denoiser, model_card_from_json
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.io import read_card
 from fewstep.core.models import resolve_model
@@ -36,9 +36,10 @@ def summary(name_or_path: str | os.PathLike) -> str:
     """One line from a checkpoint's card: what it is, what it was trained on, its quality."""
     card = read_card(resolve(name_or_path))
     if card.get("kind") == "denoiser":
-        info = card.get("info", {})
-        q = card.get("quality") or info.get("quality") or {}
-        steps = f"{card['steps']}-step student" if card.get("steps") else "teacher"
+        typed = model_card_from_json(card, str(name_or_path))
+        info = typed.provenance
+        q = info.get("quality") or {}
+        steps = f"{typed.student_steps}-step student" if typed.student_steps else "teacher"
         quality = f", dFD {q['dfd']:.2f} / acc {q['accuracy']:.2f} at {q['nfe']} NFE" if q else ""
         return (
             f"{steps} on {info.get('dataset', '?')}: {card['net']['kind']} {card['prediction']}-prediction, "

@@ -72,15 +72,17 @@ def train_teacher(
     steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    strategy: str = "ddp",
 ) -> Denoiser:
     """Train the recipe's teacher from scratch (resuming from ``work_dir`` if it holds a checkpoint).
+    ``strategy``: "ddp" or "fsdp" under torchrun (``TrainConfig.strategy``).
 
     Writes the EMA weights as a Denoiser checkpoint at ``out`` (``out.safetensors`` + ``out.json``).
     """
     if dataset not in RECIPES:
         raise ValueError(f"no teacher recipe for {dataset!r}; known: {sorted(RECIPES)}")
     recipe = RECIPES[dataset]
-    cfg = replace(recipe.train, seed=seed, progress=progress, **({"steps": steps} if steps else {}))
+    cfg = replace(recipe.train, seed=seed, progress=progress, strategy=strategy, **({"iterations": steps} if steps else {}))
     den = build_teacher(recipe)
     x, y = load_dataset(dataset, "train")
     work = Path(work_dir) if work_dir else Path(f"{out}.work")
@@ -90,14 +92,14 @@ def train_teacher(
     result = train(den, lambda model, batch, gen: loss(model, den, batch[0], batch[1], gen), [x, y], cfg, work, card)
     if int(os.environ.get("RANK", "0")) == 0:
         ema_net = {k[len("net."):]: v for k, v in result.ema.items() if k.startswith("net.")}
-        den.info = {
+        den.card = den.card.with_provenance(**{
             "dataset": dataset,
-            "train_steps": result.step,
+            "iterations": result.step,
             "train_seconds": round(time.perf_counter() - t0, 1),
             "final_loss": sum(result.losses[-100:]) / max(1, len(result.losses[-100:])),
             "made_by": "fewstep-image train-teacher",
             "torch": torch.__version__,
-        }
+        })
         save_denoiser(den, out, state=ema_net)
         den.net.load_state_dict(ema_net)
     return den.eval()

@@ -45,7 +45,7 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
     data = load(name, p, windows)
     cfg = recipe_config(name, data.freq, hidden=hidden)
     run_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"tsdiff-{name}-"))  # reused: resumes
-    settings = TrainSettings(steps=train_steps, seed=seed, progress=progress)
+    settings = TrainSettings(iterations=train_steps, seed=seed, progress=progress)
     den, result = train_tsdiff(cfg, data.train, settings, run_dir / "train")
     save_tsdiff(den, run_dir / "model", {"data": name})
     rows, kept = [], {}
@@ -61,7 +61,7 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
         100, "tsdiff")
     for solver, steps, s in fast:
         grid = "uniform" if solver in ("ddpm", "ddim") else "logsnr"
-        g = GuidanceConfig(scale=s, solver=solver, steps=steps, grid=grid)
+        g = GuidanceConfig(scale=s, solver=solver, num_steps=steps, grid=grid)
         add(f"TSDiff guided, {solver} {steps} steps (scale {s:g})", tsdiff_predictor(den, g, num_samples, seed=seed),
             steps)
     student_seconds = {}

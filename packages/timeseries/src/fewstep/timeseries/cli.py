@@ -46,9 +46,9 @@ def _guidance(solver: str, steps: Optional[int], scale: Optional[float], energy:
     from .guidance import GuidanceConfig, default_scale
 
     grid = "uniform" if solver in ("ddpm", "ddim") else "logsnr"
-    own = getattr(den, "steps", None) if solver == "auto" else None  # a student samples with its own step count
+    own = den.card.student_steps if solver == "auto" and den is not None else None  # a student samples with its own step count
     scale = default_scale(steps or own) if scale is None else scale
-    return GuidanceConfig(energy=energy, scale=scale, solver=solver, steps=steps, grid=grid)
+    return GuidanceConfig(energy=energy, scale=scale, solver=solver, num_steps=steps, grid=grid)
 
 
 @app.command()
@@ -61,7 +61,7 @@ def train(
     context_length: Optional[int] = typer.Option(None, help="context window (default: 3 x prediction length)"),
     lags: str = typer.Option("", help="comma-separated lags, e.g. 24,168 (default: the frequency's season)"),
     scaling: str = typer.Option("mean", help="mean (TSDiff) or std"),
-    steps: int = typer.Option(3000, help="training steps"),
+    steps: int = typer.Option(3000, "--iterations", help="training iterations"),
     hidden: int = typer.Option(64), layers: int = typer.Option(3),
     seed: int = typer.Option(0),
 ) -> None:
@@ -75,9 +75,9 @@ def train(
     lag_list = tuple(int(v) for v in lags.split(",") if v.strip()) if lags else default_lags(data.freq, p)
     cfg = TSDiffConfig(freq=data.freq, prediction_length=p, context_length=context_length or 3 * p, lags=lag_list,
                        scaling=scaling, hidden=hidden, layers=layers)
-    den, result = train_tsdiff(cfg, data.train, TrainSettings(steps=steps, seed=seed), Path(str(out) + ".run"))
+    den, result = train_tsdiff(cfg, data.train, TrainSettings(iterations=steps, seed=seed), Path(str(out) + ".run"))
     save_tsdiff(den, out, {"data": data.name})
-    typer.echo(f"trained {steps} steps in {result.seconds:.0f} s (final loss {sum(result.losses[-50:]) / 50:.4f}); "
+    typer.echo(f"trained {steps} iterations in {result.seconds:.0f} s (final loss {sum(result.losses[-50:]) / 50:.4f}); "
                f"wrote {out}.safetensors and {out}.json")
 
 
@@ -89,8 +89,8 @@ def distill(
     dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
     windows: Optional[int] = WINDOWS, timestamp_column: Optional[str] = TS_COL,
     method: str = typer.Option("pd", help="core distillation method trained on data windows: pd (progressive), cd, ..."),
-    steps: int = typer.Option(4, help="the student's sampling steps (NFE per guided forecast)"),
-    iters: int = typer.Option(600, help="distillation iterations"),
+    steps: int = typer.Option(4, "--student-steps", help="the student's sampling steps (NFE per guided forecast)"),
+    iters: int = typer.Option(600, "--iterations", help="distillation iterations"),
     seed: int = typer.Option(0),
 ) -> None:
     """Distil the model into a few-step student; forecast with it via `fewstep-ts forecast OUT --solver auto`."""
@@ -99,7 +99,7 @@ def distill(
     den, cfg = _model(model, None)
     data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, windows, timestamp_column)
     student = distill_tsdiff(den, data.train, out, method=method, steps=steps, iters=iters, seed=seed)
-    typer.echo(f"distilled a {student.steps}-step {method} student; wrote {out}.safetensors and {out}.json "
+    typer.echo(f"distilled a {student.card.student_steps}-step {method} student; wrote {out}.safetensors and {out}.json "
                f"(guidance scale for {steps} steps: `--scale` defaults to the step-count rule)")
 
 
@@ -110,7 +110,7 @@ def forecast(
     dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
     timestamp_column: Optional[str] = TS_COL,
     solver: str = typer.Option("ddpm", help="ddpm, ddim, dpmpp_2m, ... (auto: a distilled student's own rule)"),
-    steps: Optional[int] = typer.Option(None, help="sampler steps (default 100, or a student's own)"),
+    steps: Optional[int] = typer.Option(None, "--num-steps", help="sampling steps (default 100, or a student's own)"),
     scale: Optional[float] = typer.Option(None, help="self-guidance scale (default 4 at 50+ steps, 2 at 20-49, 1 below)"),
     energy: str = typer.Option("quantile", help="quantile or mse"),
     num_samples: int = typer.Option(100),
@@ -162,7 +162,7 @@ def evaluate(
     model: str = typer.Argument(..., help="checkpoint path"),
     dataset: Optional[str] = DATASET, csv: Optional[Path] = CSV, freq: Optional[str] = FREQ,
     windows: Optional[int] = WINDOWS, timestamp_column: Optional[str] = TS_COL,
-    solver: str = typer.Option("ddpm"), steps: Optional[int] = typer.Option(None),
+    solver: str = typer.Option("ddpm"), steps: Optional[int] = typer.Option(None, "--num-steps", help="sampling steps"),
     scale: Optional[float] = typer.Option(None, help="self-guidance scale (default by steps)"), energy: str = typer.Option("quantile"),
     num_samples: int = typer.Option(100),
     deepar_epochs: int = typer.Option(20, help="DeepAR training epochs (0: skip DeepAR)"),
@@ -193,7 +193,7 @@ def evaluate(
 @friendly
 def demo(
     out: Path = typer.Option(Path("tsdiff-demo"), help="folder for the report, plot and model"),
-    steps: int = typer.Option(1500, help="training steps"),
+    steps: int = typer.Option(1500, "--iterations", help="training iterations"),
     num_samples: int = typer.Option(30, help="sample paths per forecast"),
 ) -> None:
     """Train a small TSDiff on an artificial seasonal dataset; write report.md and forecast.png (CPU, minutes)."""

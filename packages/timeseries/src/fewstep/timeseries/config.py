@@ -1,6 +1,6 @@
 """TSDiffConfig: the window a model sees (context + prediction, lags, scaling) and its size.
 
-Kept in the checkpoint card (``Denoiser.info["tsdiff"]``), so a saved model, or any fewstep
+Kept in the checkpoint card (``Denoiser.card.provenance["tsdiff"]``), so a saved model, or any fewstep
 Denoiser (e.g. a distilled student) carrying the same info, is enough to forecast.
 """
 

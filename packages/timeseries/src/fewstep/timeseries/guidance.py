@@ -30,14 +30,14 @@ class GuidanceConfig:
 
     ``solver="ddpm"`` with 100 uniform steps is TSDiff's guided DDPM; ``"ddim"`` its DDIM variant;
     any core solver name works (``"dpmpp_2m"`` at 10-20 steps is the fast variant), and ``"auto"``
-    uses a distilled student's own rule. ``steps=None`` means the Denoiser's ``steps`` if set (a
+    uses a distilled student's own rule. ``num_steps=None`` means the card's ``student_steps`` if set (a
     student), else 100.
     """
 
     energy: str = "quantile"
     scale: float = 4.0
     solver: str = "ddpm"
-    steps: int | None = None
+    num_steps: int | None = None  # sampling steps (None: the model's own, else 100)
     grid: str = "uniform"
 
     def __post_init__(self):
@@ -45,18 +45,16 @@ class GuidanceConfig:
             raise ValueError(f"energy={self.energy!r}; use one of {ENERGIES}")
         if self.scale < 0:
             raise ValueError(f"guidance scale {self.scale} must be >= 0 (0 = unguided)")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps={self.steps}: sampling needs at least 1 step")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps}: sampling needs at least 1 step")
 
 
 def default_scale(steps: int | None) -> float:
     """Guidance scale for a step count: 4 at 50+ steps, 2 at 20-49, 1 at 10-19, 0.5 at 5-9, 0.1 below.
 
     A coarser grid takes a proportionally larger guidance step per call, and too large a step
-    overshoots the observations. Measured on complex_seasonal (30 samples, DDIM;
-    benchmarks/timeseries_scales.py, docs/benchmarks/timeseries_scales.md): at 4 steps CRPS 0.087 / 0.113 / 0.229 / 0.39 for scales 0.1 / 0.25 / 0.5 / 1,
-    at 8 steps 0.094 / 0.096 / 0.090 for 0.1 / 0.25 / 0.5, at 10 steps 0.095 / 0.090 / 0.087 for
-    0.25 / 0.5 / 1, at 20 steps 0.089 / 0.083 / 0.081 for 0.5 / 1 / 2."""
+    overshoots the observations. The thresholds come from the sweep in
+    benchmarks/timeseries_scales.py (table: docs/benchmarks/timeseries_scales.md)."""
     n = steps or 100
     return 4.0 if n >= 50 else 2.0 if n >= 20 else 1.0 if n >= 10 else 0.5 if n >= 5 else 0.1
 
@@ -98,8 +96,7 @@ class ObservationGuided(nn.Module):
         self.obs, self.mask, self.scale, self.kind, self.q = obs, mask.to(obs.dtype), float(scale), kind, q
         # What the core sampler reads from a Denoiser.
         self.schedule = denoiser.schedule
-        self.steps = getattr(denoiser, "steps", None)
-        self.sampler = getattr(denoiser, "sampler", None)
+        self.card = denoiser.card
         self.sample_shape = denoiser.sample_shape
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: float | None = None,
@@ -130,10 +127,10 @@ def guided_sample(
         den, rows, mask.repeat_interleave(num_samples, 0), config.scale, config.energy,
         sample_quantiles(b, num_samples, obs.device) if config.energy == "quantile" else None,
     )
-    steps = config.steps or getattr(den, "steps", None) or 100
+    steps = config.num_steps or den.card.student_steps or 100
     noise = torch.randn(rows.shape, generator=generator, dtype=rows.dtype).to(rows.device)
     c = cond.repeat_interleave(num_samples, 0) if cond is not None else None
     grid = config.grid if config.solver != "auto" else None
-    x = sample(model, noise, solver=config.solver, steps=steps, grid=grid, cond=c, generator=generator,
+    x = sample(model, noise, solver=config.solver, num_steps=steps, grid=grid, cond=c, generator=generator,
                denoise_to_zero=True)
     return x.reshape(b, num_samples, *obs.shape[1:])

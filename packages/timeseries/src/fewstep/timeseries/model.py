@@ -2,8 +2,8 @@
 
 The model is an unconditional eps-prediction diffusion model over (1 + lags, context + prediction)
 windows on DDPM's linear beta schedule (Kollovieh et al. 2023, Sec. 3: T = 100, beta 1e-4..0.1).
-Its :class:`TSDiffConfig` rides in ``Denoiser.info["tsdiff"]``, so ``load_denoiser`` alone restores
-a forecaster, and any fewstep Denoiser carrying that info (a distilled student with ``steps`` set,
+Its :class:`TSDiffConfig` rides in ``Denoiser.card.provenance["tsdiff"]``, so ``load_denoiser`` alone restores
+a forecaster, and any fewstep Denoiser carrying it (a distilled student with ``student_steps`` set,
 a quantized copy) forecasts, refines and synthesises the same way.
 """
 
@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
+from fewstep.core.card import ModelCard
 from fewstep.core.checkpoints import load_denoiser, save_denoiser
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.losses import DenoisingLoss
@@ -34,37 +35,37 @@ def build_tsdiff(cfg: TSDiffConfig, seed: int = 0) -> Denoiser:
         cond_channels=num_time_features(cfg),
     ))
     schedule = VPDiscrete("linear", cfg.beta_start, cfg.beta_end, cfg.diffusion_steps)
-    return Denoiser(net, schedule, "eps", sample_shape=(cfg.channels, cfg.length), info={"tsdiff": cfg.to_dict()})
+    return Denoiser(net, schedule, "eps", sample_shape=(cfg.channels, cfg.length), card=ModelCard(provenance={"tsdiff": cfg.to_dict()}))
 
 
 def tsdiff_config(den: Denoiser) -> TSDiffConfig:
-    """The window settings a Denoiser was trained for (from its info / checkpoint card)."""
-    info = getattr(den, "info", {}) or {}
-    if "tsdiff" not in info:
+    """The window settings a Denoiser was trained for (from its card's provenance)."""
+    facts = den.card.provenance
+    if "tsdiff" not in facts:
         raise ValueError(
-            "this Denoiser carries no TSDiff window settings (info['tsdiff']); build it with "
-            "fewstep.timeseries.build_tsdiff, or copy the teacher's info onto a distilled student"
+            "this Denoiser carries no TSDiff window settings (card.provenance['tsdiff']); build it with "
+            "fewstep.timeseries.build_tsdiff, or copy the teacher's provenance onto a distilled student"
         )
-    return TSDiffConfig.from_dict(info["tsdiff"])
+    return TSDiffConfig.from_dict(facts["tsdiff"])
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Training budget for :func:`train_tsdiff` (passed on to the core ``TrainConfig``)."""
 
-    steps: int = 2000
+    iterations: int = 2000
     batch_size: int = 64
     lr: float = 2e-3
     windows: int = 4096  # gluonts training windows drawn once, then sampled by the core loop
     ema_decay: float = 0.995
-    warmup_steps: int = 100
+    warmup_iterations: int = 100
     seed: int = 0
     progress: bool = True
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            iterations=self.steps, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
-            warmup_iterations=self.warmup_steps, seed=self.seed, progress=self.progress, ckpt_every=max(self.steps, 1),
+            iterations=self.iterations, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
+            warmup_iterations=self.warmup_iterations, seed=self.seed, progress=self.progress, ckpt_every=max(self.iterations, 1),
         )
 
 
@@ -92,7 +93,7 @@ def train_tsdiff(
 def save_tsdiff(den: Denoiser, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Write ``path.safetensors`` + ``path.json`` (core checkpoint format; the card holds the window)."""
     tsdiff_config(den)  # refuse to save a model that could not forecast after loading
-    save_denoiser(den, path, card=extra)
+    save_denoiser(den, path, provenance=extra)
 
 
 def load_tsdiff(name_or_path: str | os.PathLike, device: str = "cpu") -> Denoiser:

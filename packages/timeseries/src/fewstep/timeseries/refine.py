@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from fewstep.core.denoiser import Denoiser
+from fewstep.core.updates import noise_to
 from gluonts.dataset.common import Dataset
 from gluonts.dataset.loader import InferenceDataLoader
 from gluonts.model.forecast import Forecast, SampleForecast
@@ -60,8 +61,7 @@ class RefineConfig:
 def model_energy(den: Denoiser, x: Tensor, t: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
     """Denoising energy ||eps_theta(x_t, t) - eps||^2 summed over the window (TSDiff Eq. 10)."""
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    alpha, sigma = den.schedule.alpha(t).to(x.dtype), den.schedule.sigma(t).to(x.dtype)
-    pred = den(alpha * x + sigma * eps, t, cond, kind="eps")
+    pred = den(noise_to(den.schedule, x, t, eps), t, cond, kind="eps")
     return (pred - eps).pow(2).sum()
 
 

@@ -2,7 +2,7 @@
 
 ``seasonal-tsdiff`` (50k parameters, 200 KB) is
 ``train_tsdiff(recipe_config("seasonal", "h", hidden=48), artificial("seasonal", 24, 2).train,
-TrainSettings(steps=1500, lr=2e-3))``: gluonts' artificial ``seasonal`` series, hourly, prediction
+TrainSettings(iterations=1500, lr=2e-3))``: gluonts' artificial ``seasonal`` series, hourly, prediction
 length 24, context 48, lag 24, mean scaling (3.5 min on a busy 2-core CPU). Tests and the CLI use it.
 """
 

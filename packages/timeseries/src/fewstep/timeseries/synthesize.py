@@ -37,7 +37,7 @@ def synthesize(den: Denoiser, n: int, solver: str = "ddpm", steps: int | None = 
     out = []
     for i in range(0, n, batch):
         noise = torch.randn((min(batch, n - i), *den.sample_shape), generator=gen)
-        out.append(sample(den, noise, solver=solver, steps=steps, grid=grid if solver != "auto" else None,
+        out.append(sample(den, noise, solver=solver, num_steps=steps, grid=grid if solver != "auto" else None,
                           generator=gen, denoise_to_zero=True))
     return torch.cat(out)
 

@@ -1,11 +1,11 @@
 """Distillation: few-step students from a teacher Denoiser, every method an Objective for one loop.
 
-``distill(teacher, make_objective("cd"), DistillConfig(steps=4), out)`` trains and saves a
-student; ``methods()`` lists the objectives. See docs/distillation.md.
+``distill(teacher, make_objective("cd"), DistillConfig(student_steps=4), out)`` trains and saves a
+student; ``OBJECTIVES`` maps each method name to its Objective class. See docs/distillation.md.
 """
 
 from .base import Batch, DistillModule, Objective, StudentSpec, make_student, uniform_times
-from .registry import METHODS, make_objective, methods, objective_class
+from .registry import OBJECTIVES, make_objective, methods, objective_class
 from .runner import DistillConfig, DistillResult, distill
 from .trajectories import TrajectoryConfig, cached_trajectories, teacher_trajectories
 
@@ -14,7 +14,7 @@ __all__ = [
     "DistillConfig",
     "DistillModule",
     "DistillResult",
-    "METHODS",
+    "OBJECTIVES",
     "Objective",
     "StudentSpec",
     "TrajectoryConfig",

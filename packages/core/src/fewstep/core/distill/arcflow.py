@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..card import SamplerRule
 from ..denoiser import Denoiser
 from ..solvers.arcflow import policy_at, rf_scale, rf_time, schedule_time, wide_channels
 from .base import Batch, DistillModule, Objective, StudentSpec, mse, randn
@@ -86,8 +87,8 @@ class ArcFlow(Objective):
     Defaults are the released 2-NFE configs' (K = 16 components, 4 intermediate states, window
     3/128, component dropout 0.1, teacher share decaying over the first 1000 of 15000 iterations)
     except the time shift (3.2 there for 1328 px latents; 1 for small images). Data-free
-    (data="none": the batch carries only labels, or only its size). Digits, 150 iterations, batch 32, lr 5e-5: 2-NFE dFD 2.2
-    against 3.3 for the teacher's 2-step DDIM / DPM-Solver++(2M) and 4.3 for DDIM on this grid.
+    (data="none": the batch carries only labels, or only its size). Figures against the teacher at
+    the same NFE: docs/benchmarks/distill_trajectory.md.
     """
 
     name: ClassVar[str] = "arcflow"
@@ -119,7 +120,7 @@ class ArcFlow(Objective):
         # The teacher's schedule and prediction: the policy is formed in RF coordinates at sampling.
         return StudentSpec(net=wide_student_net(teacher.net, self.components, self.rate_range))
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """``steps`` segments uniform in RF time (after the shift), as schedule times ending at 0."""
         sched = teacher.schedule
         s_max = float(rf_time(sched, torch.tensor(sched.t_max, dtype=torch.float64)))
@@ -127,7 +128,7 @@ class ArcFlow(Objective):
         s = s_max * self.shift * r / (1 + (self.shift - 1) * r)
         ts = schedule_time(sched, s)
         ts[0] = sched.t_max
-        return {"solver": "arcflow", "grid": [float(t) for t in ts] + [0.0], "components": self.components}
+        return SamplerRule("arcflow", [float(t) for t in ts] + [0.0], {"components": self.components})
 
     def teacher_share(self, module: DistillModule) -> float:
         """Scheduled trajectory mixing: the teacher's share of each rollout, 1 -> 0 over teacher_decay."""
@@ -139,7 +140,7 @@ class ArcFlow(Objective):
         b = batch.size
         like = next(student.parameters())
         dev = like.device  # times live beside the policy (its s_src is on the net's device)
-        grid = torch.tensor(student.sampler["grid"], dtype=torch.float64, device=dev)
+        grid = torch.tensor(student.card.sampler.grid, dtype=torch.float64, device=dev)
         s_grid = rf_time(sched, grid)  # (N+1,) ending at 0
         n = len(grid) - 1
         # Which segment each sample trains, and its start: the student's own rollout from noise.

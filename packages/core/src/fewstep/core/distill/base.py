@@ -6,9 +6,11 @@ An :class:`Objective` is a frozen dataclass of hyperparameters with three jobs:
   its schedule, parametrisation, consistency boundary, and guidance input);
 - ``setup(module)``: extra trainable or frozen parts (an EMA target, a fake-score critic, a GAN
   head), attached to the :class:`DistillModule` so they are checkpointed and resumed with it;
+- ``parts(module)``: which submodules train, each with its optimiser settings and update ratio
+  (``fewstep.core.parts.Part``: TTUR learning rates, per-part clipping, DMD2's 5:1 rule);
 - ``loss(module, batch, generator)``: the per-sample loss (B,) for one batch.
 
-``sampler(teacher, steps)`` says how the trained student samples (stored in its card), so
+``sampler(teacher, student_steps)`` says how the trained student samples (stored in its card), so
 ``fewstep.core.solvers.sample`` and every metric take the student as they take the teacher.
 
 The teacher is frozen and not a submodule (not in checkpoints, not in DDP's parameter list).
@@ -19,13 +21,17 @@ objective and gradients are synchronised.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..denoiser import Denoiser, _bcast
+from ..card import Boundary, ModelCard, SamplerRule
+from ..denoiser import Denoiser
+from ..parts import STUDENT, Part, check_parts, part_parameters, updates_now
 from ..schedules import Schedule
 
 DATA_KINDS = ("real", "trajectory", "none")
@@ -63,7 +69,7 @@ class StudentSpec:
     net: nn.Module | None = None  # None: a copy of the teacher's net, initialised from its weights
     schedule: Schedule | None = None
     prediction: str | None = None
-    boundary: dict[str, float] | None = None  # consistency skip/out parametrisation (Denoiser doc)
+    boundary: Boundary | None = None  # consistency skip/out parametrisation (card.Boundary)
     guidance_embed: bool = False  # the student takes the CFG scale as an input (guided distillation)
 
 
@@ -74,9 +80,15 @@ class Objective:
     data: ClassVar[str] = "real"  # "real" dataset images, "trajectory" teacher trajectories, "none" labels only
     paper: ClassVar[str] = ""
     skips_parameters: ClassVar[bool] = False  # some steps leave parameters without gradients (DDP must know)
+    # FSDP2 gathers a net's shards at each of its forwards, a collective: it needs every rank to call
+    # every net the same number of times per iteration, through its forward, with its own
+    # parameters. Rollouts of a per-rank random length (backward simulation), ``gan.frozen_call``
+    # (parameters swapped by functional_call) and early exits by exception break that; an objective
+    # that does none of them, checked at world size 2 (tests), says so here.
+    fsdp_ready: ClassVar[bool] = False
     # The student's output parametrisation when the teacher predicts eps (None: the teacher's). A
     # one-step generator needs "v": at t_max the eps form's x0 = (x - sigma eps) / alpha divides by
-    # alpha(t_max) ~ 0.006 (VP), and DMD2 at 600 iterations went from dFD 43.6 to 4.7 with "v".
+    # alpha(t_max) ~ 0.006 (VP), amplifying every error in eps (docs/benchmarks/distill_distribution_probes.md).
     student_prediction: ClassVar[str | None] = None
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
@@ -88,14 +100,15 @@ class Objective:
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
-    def lr_scales(self) -> dict[str, float]:
-        """{DistillModule submodule name: learning-rate multiple}, e.g. ``{"critic": 2.0}`` for a
-        critic trained faster than the student (two time-scale updates); others train at 1x."""
-        return {}
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        """The trainable submodules and their optimiser settings: the student alone by default.
+        Called once, after :meth:`setup`, so it can name what setup attached; e.g. DMD2's
+        ``(Part("student"), Part("critic", updates_per_student_update=5))``."""
+        return (Part(STUDENT),)
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, student_steps: int) -> SamplerRule:
         """The student's sampling rule: consistency sampling on a uniform grid by default."""
-        return {"solver": "consistency", "grid": uniform_times(teacher.schedule, steps)}
+        return SamplerRule("consistency", uniform_times(teacher.schedule, student_steps))
 
     def describe(self) -> dict[str, Any]:
         from dataclasses import asdict, is_dataclass
@@ -130,7 +143,9 @@ def copy_net(teacher_net: nn.Module, guidance_embed: bool = False) -> nn.Module:
     return net
 
 
-def make_student(teacher: Denoiser, spec: StudentSpec, steps: int, sampler: dict[str, Any]) -> Denoiser:
+def make_student(teacher: Denoiser, spec: StudentSpec, student_steps: int, sampler: SamplerRule) -> Denoiser:
+    """The untrained student: the spec's net (default a copy of the teacher's), its card saying
+    how many steps it is trained for and how it samples."""
     net = spec.net if spec.net is not None else copy_net(teacher.net, spec.guidance_embed)
     return Denoiser(
         net,
@@ -139,10 +154,9 @@ def make_student(teacher: Denoiser, spec: StudentSpec, steps: int, sampler: dict
         sample_shape=teacher.sample_shape,
         num_classes=teacher.num_classes,
         guidance=1.0,
-        steps=steps,
         clip_x0=teacher.clip_x0,
-        sampler=sampler,
         boundary=spec.boundary,
+        card=ModelCard(student_steps=student_steps, sampler=sampler),
     )
 
 
@@ -159,23 +173,42 @@ class DistillModule(nn.Module):
 
     Submodules (checkpointed): ``student`` (a Denoiser), optional ``target`` (a frozen copy,
     updated by EMA with :meth:`update_target` or replaced by :meth:`refresh_target`), optional
-    ``critic`` / ``disc`` (trainable). Buffer ``step`` counts training forwards, so progressive
-    schedules (step halving, segment schedules) resume where they stopped. ``teacher`` is held
-    outside the module tree.
+    ``critic`` / ``disc`` (trainable). Which of them train, and with which optimiser settings, is
+    the objective's :meth:`Objective.parts` (``fewstep.core.parts``). Buffer ``iteration`` counts
+    training forwards (one per training iteration), so progressive schedules (step halving,
+    segment schedules) and update ratios resume where they stopped. ``teacher`` and the
+    :meth:`attach` ed callables are held outside the module tree.
     """
 
-    def __init__(self, teacher: Denoiser, student: Denoiser, objective: Objective, total_steps: int, teacher_guidance: float = 1.0):
+    def __init__(
+        self, teacher: Denoiser, student: Denoiser, objective: Objective, total_iterations: int, teacher_guidance: float = 1.0
+    ):
         super().__init__()
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
+        self._attached: dict[str, Callable[..., Any]] = {}
         self.student = student
         self.objective = objective
-        self.total_steps = int(total_steps)
+        self.total_iterations = int(total_iterations)
         self.teacher_guidance = float(teacher_guidance)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.target: Denoiser | None = None
         objective.setup(self)
+        self._parts = check_parts(objective.parts(self))
+        # A part naming nothing, or a trainable parameter under no part, stops here (empty parts
+        # are the train loop's to refuse: a module may be built only to evaluate a loss).
+        part_parameters(self, self._parts, allow_empty=True)
 
     # -- parts ----------------------------------------------------------------------------------
+    def parts(self) -> tuple[Part, ...]:
+        """The trainable parts and their optimiser settings (the objective's), for the train loop."""
+        return self._parts
+
+    def updates(self, name: str) -> bool:
+        """Whether part ``name`` takes an optimiser step at this iteration (``parts.updates_now``):
+        an objective skips a term whose part is off its turn (DMD2's generator term on critic-only
+        iterations), so no compute goes into a gradient the loop would drop."""
+        return updates_now(self._parts, name, int(self.iteration))
+
     def add_target(self) -> Denoiser:
         """A frozen copy of the student (consistency EMA target, or a progressive round's teacher)."""
         self.target = frozen_copy(self.student)
@@ -191,14 +224,49 @@ class DistillModule(nn.Module):
     def refresh_target(self) -> None:
         self.target.load_state_dict(self.student.state_dict())
 
+    # -- attachments: fixed callables the objective uses, never trained ---------------------------
+    def attach(self, name: str, fn: Callable[..., Any]) -> None:
+        """Hold ``fn`` (a reward, a feature map) for the objective under ``name``.
+
+        Outside the module tree: not a parameter, not in the state dict or checkpoints, not seen by
+        DDP or FSDP, shared (not copied) by ``copy.deepcopy``. An ``nn.Module`` attachment follows
+        :meth:`to`. Read it back with ``module.attachments[name]`` (or ``.get(name)``).
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"attachment name {name!r} must be an identifier")
+        if not callable(fn):
+            raise TypeError(f"attachment {name!r} must be callable, got {type(fn).__name__}")
+        if name in self._modules or name in self._parameters or name in self._buffers:
+            raise ValueError(f"{name!r} is already a submodule, parameter or buffer of the DistillModule")
+        self._attached[name] = fn
+
+    @property
+    def attachments(self) -> Mapping[str, Callable[..., Any]]:
+        """The :meth:`attach` ed callables by name (read-only)."""
+        return MappingProxyType(self._attached)
+
     def to(self, *args, **kwargs):
         self.teacher.to(*args, **kwargs)
+        for fn in self._attached.values():
+            if isinstance(fn, nn.Module):
+                fn.to(*args, **kwargs)
         return super().to(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> DistillModule:
+        # The teacher and attachments are frozen and held outside the tree: a copy (the train
+        # loop's FSDP copy) shares them rather than holding a second teacher.
+        memo[id(self.teacher)] = self.teacher
+        memo[id(self._attached)] = dict(self._attached)
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
     @property
     def progress(self) -> float:
         """Fraction of training done, in [0, 1)."""
-        return float(self.step) / max(1, self.total_steps)
+        return float(self.iteration) / max(1, self.total_iterations)
 
     # -- the training forward ---------------------------------------------------------------------
     def forward(
@@ -207,19 +275,22 @@ class DistillModule(nn.Module):
         batch = Batch(x0=x0, cond=cond, traj=traj, traj_t=traj_t, n=n)
         loss = self.objective.loss(self, batch, generator)
         if self.training:
-            self.step += 1
+            self.iteration += 1
         if loss.ndim != 1 or loss.shape[0] != batch.size:
             raise ValueError(f"{self.objective.name}: loss must be per-sample (B,), got {tuple(loss.shape)}")
         return loss
 
     @property
-    def find_unused_parameters(self) -> bool:
-        """For DDP: True when some steps leave parameters without gradients (the objective says)."""
-        return bool(getattr(self.objective, "skips_parameters", False))
+    def fsdp_ready(self) -> bool:
+        """For the train loop: whether the objective may be sharded with FSDP2 (``Objective.fsdp_ready``)."""
+        return bool(getattr(self.objective, "fsdp_ready", False))
 
-    def lr_scales(self) -> dict[str, float]:
-        """{submodule name: learning-rate multiple} for the train loop's optimiser (the objective's)."""
-        return dict(self.objective.lr_scales())
+    @property
+    def find_unused_parameters(self) -> bool:
+        """For DDP: True when some iterations leave parameters without gradients (the objective
+        says so, or a part updates more often than the student)."""
+        ratios = any(p.updates_per_student_update > 1 for p in self._parts)
+        return bool(getattr(self.objective, "skips_parameters", False)) or ratios
 
     # -- helpers shared by objectives -------------------------------------------------------------
     @torch.no_grad()
@@ -232,11 +303,6 @@ class DistillModule(nn.Module):
 def randn(shape, generator: torch.Generator, like: Tensor) -> Tensor:
     """Gaussian noise from the loop's generator (CPU), moved to ``like``'s device and dtype."""
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(like.device, like.dtype)
-
-
-def noise_to(schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    """x_t = alpha(t) x0 + sigma(t) eps, per-sample t (B,)."""
-    return _bcast(schedule.alpha(t), x0) * x0 + _bcast(schedule.sigma(t), x0) * eps
 
 
 def pseudo_huber(a: Tensor, b: Tensor, c: float | None = None) -> Tensor:
@@ -262,7 +328,6 @@ __all__ = [
     "frozen_copy",
     "make_student",
     "mse",
-    "noise_to",
     "pseudo_huber",
     "randn",
     "uniform_times",

@@ -30,14 +30,15 @@ costs iterations); beta = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..card import SamplerRule
 from ..denoiser import Denoiser, _bcast
 from .base import DistillModule, Objective, StudentSpec, mse, randn, uniform_times
-from .steps import alpha_sigma
+from ..updates import alpha_sigma
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,10 @@ class BOOT(Objective):
 
     Defaults scaled for small models and a 600-iteration budget: the bootstrapping grid has
     ``grid_steps`` = 16 uniform intervals (a 16-step DDIM teacher solution is close to converged
-    on the small teachers, digits dFD 1.95, and fewer hops carry the boundary information
-    faster), beta = 1. The student's input is always pure noise, so a copied teacher is a weak
-    init: on digits (eps teacher, 100 iterations, batch 32, lr 5e-5) the loss fell 3.6 -> 1.9 but
-    the one-step samples were not yet digits (dFD 93; the teacher's one-step DDIM: 45). Give it
-    more iterations or a larger learning rate than the trajectory-copying objectives.
+    on the small teachers, and fewer hops carry the boundary information faster), beta = 1. The
+    student's input is always pure noise, so a copied teacher is a weak init (its net was trained
+    on noisy data, not on noise alone): give it more iterations or a larger learning rate than the
+    trajectory-copying objectives (figures: docs/benchmarks/distill_trajectory.md).
     """
 
     name: ClassVar[str] = "boot"
@@ -69,10 +69,10 @@ class BOOT(Objective):
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
         return StudentSpec(prediction="x0")  # the net outputs the signal y_t itself
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """One evaluation g(eps, t_min) from noise at t_max (``sample_boot``), whatever K: the student
         maps noise to one point of the trajectory and cannot re-enter it from a later state."""
-        return {"solver": "boot", "grid": [float(teacher.schedule.t_max), 0.0]}
+        return SamplerRule("boot", [float(teacher.schedule.t_max), 0.0])
 
     def times(self, schedule, device) -> tuple[Tensor, Tensor]:
         """(grid, student times): the uniform grid t_max .. 0 and the same with its final 0 -> t_min."""
@@ -85,7 +85,7 @@ class BOOT(Objective):
         student, sched = module.student, module.student.schedule
         cond = batch.cond
         b = batch.size
-        like = torch.zeros((), device=module.step.device)  # float32 on the module's device
+        like = torch.zeros((), device=module.iteration.device)  # float32 on the module's device
         eps = randn((b, *module.teacher.sample_shape), generator, like)  # (B, ...) unit noise
         grid, label = self.times(sched, like.device)
         t_max = grid[:1].expand(b)

@@ -27,22 +27,24 @@ iteration budget come from ``DistillConfig``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..card import Boundary, SamplerRule
 from ..denoiser import Denoiser, _bcast, to_x0_eps
+from ..parts import STUDENT, Part
 from ..schedules import Schedule
 from ..solvers import sampling_grid
-from .base import Batch, DistillModule, Objective, StudentSpec, mse, noise_to, pseudo_huber, randn
+from .base import Batch, DistillModule, Objective, StudentSpec, mse, pseudo_huber, randn
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score, sample_times
 from .gan import Discriminator, gan_losses
-from .steps import alpha_sigma, ddim_jump, ddim_x0, sde_step
+from ..updates import alpha_sigma, ddim_jump, ddim_x0, noise_to, sde_step
 from .trajectories import TrajectoryConfig
 
-LCM_BOUNDARY = {"sigma_data": 0.5, "timestep_scaling": 10.0}  # LCM's c_skip / c_out (Luo et al. 2023, Eq. 4)
+LCM_BOUNDARY = Boundary(sigma_data=0.5, timestep_scaling=10.0)  # LCM's c_skip / c_out (Luo et al. 2023, Eq. 4)
 DISTANCES = ("pseudo_huber", "l2")
 
 
@@ -143,13 +145,13 @@ def segment_schedule(segments: tuple[int, ...], steps: int) -> list[int]:
 
 def current_segments(module: DistillModule, segments: tuple[int, ...]) -> int:
     """S for the current stage; each stage gets an equal share of training (``module.progress``)."""
-    stages = segment_schedule(segments, module.student.steps or 1)
+    stages = segment_schedule(segments, module.student.card.student_steps or 1)
     return stages[min(int(module.progress * len(stages)), len(stages) - 1)]
 
 
 def boundary_scalings(den: Denoiser, t: Tensor) -> tuple[Tensor, Tensor]:
     """(c_skip, c_out) of the Denoiser's consistency boundary at t (LCM's, as ``Denoiser`` applies them)."""
-    sd, k = den.boundary["sigma_data"], den.boundary["timestep_scaling"]
+    sd, k = den.boundary.sigma_data, den.boundary.timestep_scaling
     n = k * den.schedule.net_time(t).clamp(min=0)
     return sd**2 / (n**2 + sd**2), n / torch.sqrt(n**2 + sd**2)
 
@@ -185,6 +187,7 @@ class ConsistencyDistillation(Objective):
     name: ClassVar[str] = "cd"
     data: ClassVar[str] = "real"
     paper: ClassVar[str] = "Song et al. 2023, Consistency Models; Luo et al. 2023, Latent Consistency Models"
+    fsdp_ready: ClassVar[bool] = True  # one student, target and teacher call per iteration on every rank
 
     intervals: int = 10  # M skip intervals of the teacher grid (LCM: 50 = 1000 / k, k = 20; scaled, see above)
     grid: str = "uniform"
@@ -197,14 +200,14 @@ class ConsistencyDistillation(Objective):
             raise ValueError("intervals must be >= 1")
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
-        return StudentSpec(boundary=dict(LCM_BOUNDARY))
+        return StudentSpec(boundary=LCM_BOUNDARY)
 
     def setup(self, module: DistillModule) -> None:
         module.add_target()
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """Multistep consistency sampling (Song et al. 2023, Alg. 1) on K points of the training grid."""
-        return {"solver": "consistency", "grid": boundary_grid(skip_grid(teacher.schedule, self.intervals, self.grid), steps)}
+        return SamplerRule("consistency", boundary_grid(skip_grid(teacher.schedule, self.intervals, self.grid), steps))
 
     def pairs(self, module: DistillModule, batch: Batch, generator: torch.Generator, eta: float = 0.0, substeps: int = 1):
         """(x_{t_{n+k}}, t_{n+k}, x_hat_{t_n}, t_n) for a batch of real data, the teacher step taken."""
@@ -235,6 +238,7 @@ class SCott(ConsistencyDistillation):
     """
 
     name: ClassVar[str] = "scott"
+    fsdp_ready: ClassVar[bool] = False  # its adversarial term goes through gan.frozen_call
     paper: ClassVar[str] = "Liu et al. 2024, SCott: Accelerating Diffusion Models with Stochastic Consistency Distillation"
 
     eta: float = 0.2  # SDE noise strength: 0 = DDIM (plain CD), 1 = SDE-DPM-Solver++(1)
@@ -253,6 +257,9 @@ class SCott(ConsistencyDistillation):
         if self.adv_weight > 0:
             t = module.teacher
             module.disc = Discriminator(t.sample_shape, t.num_classes, self.disc_width)
+
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), *((Part("disc"),) if self.adv_weight > 0 else ()))
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         ema_step(module, self.target_ema)
@@ -313,15 +320,15 @@ class SLAM(ConsistencyDistillation):
     MLP) see x_gamma and sigma_gamma only. Defaults are the reference script's: 50 skip intervals,
     EMA 0.95, Huber, gamma ~ U[0, 1].
 
-    Caveat (measured): reading x0 = (x_gamma - sigma_gamma eps) / alpha_t is very sensitive where
-    alpha_t is small. Our linear-beta teachers end at alpha_T = 0.0064 (SD's scaled-linear: 0.068),
-    so at t ~ t_max a gamma < 1 point costs a loss 10-100x LCM's until the net has learnt to use
-    gamma through its zero-initialised embedding; on digits (100-300 iterations) the one-step SLAM
-    student stayed worse than LCM's (dFD ~60 vs ~42), even with gamma ~ U[0.9, 1]
-    (``gamma_min``); gamma_min = 1 is exactly LCM.
+    Caveat: reading x0 = (x_gamma - sigma_gamma eps) / alpha_t is very sensitive where alpha_t is
+    small. Our linear-beta teachers end at alpha_T = 0.0064 (SD's scaled-linear: 0.068), so near
+    t_max a gamma < 1 point costs a much larger loss than LCM's until the net has learnt to use
+    gamma through its zero-initialised embedding; short runs therefore favour gamma near 1
+    (``gamma_min``; gamma_min = 1 is exactly LCM). Figures: docs/benchmarks/distill_trajectory.md.
     """
 
     name: ClassVar[str] = "slam"
+    fsdp_ready: ClassVar[bool] = False  # not yet run sharded (tests)
     paper: ClassVar[str] = "Xu et al. 2024, Accelerating Image Generation with Sub-path Linear Approximation Model"
 
     intervals: int = 50  # the reference script's grid: short skips keep x_gamma near the trajectory (see above)
@@ -340,7 +347,7 @@ class SLAM(ConsistencyDistillation):
             embed = True
         except ValueError:  # a foreign net has no guidance input to carry gamma
             embed = False
-        return StudentSpec(boundary=dict(LCM_BOUNDARY), guidance_embed=embed)
+        return StudentSpec(boundary=LCM_BOUNDARY, guidance_embed=embed)
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         ema_step(module, self.target_ema)
@@ -382,21 +389,21 @@ class MultistepConsistency(Objective):
     def setup(self, module: DistillModule) -> None:
         module.add_target()
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """DDIM through the segment ends on the default trajectory grid (re-aligned in ``loss`` to the
         grid the trajectories were actually made on)."""
         tc = TrajectoryConfig()
-        return {"solver": "ddim", "grid": boundary_grid(sampling_grid(teacher.schedule, tc.steps, tc.grid, True), steps)}
+        return SamplerRule("ddim", boundary_grid(sampling_grid(teacher.schedule, tc.num_steps, tc.grid, True), steps))
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         if batch.traj is None or batch.traj_t is None:
             raise ValueError("mlcm trains on teacher trajectories (data='trajectory'): the batch has none")
         ema_step(module, self.target_ema)
         ts = batch.traj_t[0].detach().to("cpu", torch.float64)  # (M+1,) descending, ends at 0
-        m, k = len(ts) - 1, module.student.steps or 1
+        m, k = len(ts) - 1, module.student.card.student_steps or 1
         if k > m:
             raise ValueError(f"a {k}-step student needs trajectories of at least {k} steps, got {m}")
-        module.student.sampler = {"solver": "ddim", "grid": boundary_grid(ts, k)}
+        module.student.card = replace(module.student.card, sampler=SamplerRule("ddim", boundary_grid(ts, k)))
         bounds = segment_bounds(m, min(current_segments(module, self.segments), m))
         j = torch.randint(0, m, (batch.traj.shape[0],), generator=generator)
         rows = torch.arange(batch.traj.shape[0])
@@ -457,11 +464,14 @@ class HyperSD(Objective):
         if self._dmd(module):
             module.critic = _fake_score(module)
 
-    def _dmd(self, module: DistillModule) -> bool:
-        return self.dmd_weight > 0 and (module.student.steps or 1) == 1
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), *((Part("critic"),) if self._dmd(module) else ()))
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
-        return {"solver": "ddim", "grid": boundary_grid(skip_grid(teacher.schedule, self.intervals, self.grid), steps)}
+    def _dmd(self, module: DistillModule) -> bool:
+        return self.dmd_weight > 0 and (module.student.card.student_steps or 1) == 1
+
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
+        return SamplerRule("ddim", boundary_grid(skip_grid(teacher.schedule, self.intervals, self.grid), steps))
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
         ema_step(module, self.target_ema)

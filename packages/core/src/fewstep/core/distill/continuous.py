@@ -40,12 +40,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..card import Boundary, SamplerRule
 from ..denoiser import Denoiser, _bcast
+from ..parts import STUDENT, Part
 from ..schedules import Schedule
 from .base import Batch, DistillModule, Objective, StudentSpec, randn
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
@@ -207,7 +209,8 @@ class SCM(Objective):
     tangent warmup over the first 10% of training (the paper: 10k iterations of much longer runs);
     adaptive weighting on. 2-step sampling at the intermediate t = 1.1 of sCM's 2-step sampler, read
     in fewstep's unit-noise TrigFlow (EDM sigma 1.96); sCM writes it with sigma_d = 0.5 (EDM sigma
-    0.98, ``sigma_data=0.5``), which sampled worse on digits (dFD 11.4 vs 5.1, same student). Changed
+    0.98, ``sigma_data=0.5``), which puts the midpoint at a noise level our unit-variance data rarely
+    reaches, so it samples worse. Changed
     for fewstep: ``weight_gain`` (see :class:`AdaptiveWeight`), and
     ``time_step`` = 0.005: dF/dtau by rCM's semi-continuous difference instead of the exact JVP
     (``time_step=None``), whose target was dominated by time-embedding wiggles on the digits teacher.
@@ -241,15 +244,18 @@ class SCM(Objective):
         their converted x0); an x0-prediction net does not, so it gets the consistency skip/out
         boundary (Song et al. 2023, Eq. 5), smooth over the first few % of net time."""
         if teacher.prediction == "x0":
-            return StudentSpec(boundary={"sigma_data": 0.5, "timestep_scaling": self.x0_boundary_scaling})
+            return StudentSpec(boundary=Boundary(sigma_data=0.5, timestep_scaling=self.x0_boundary_scaling))
         return StudentSpec()
 
     def setup(self, module: DistillModule) -> None:
         if self.adaptive_weighting:
             module.weight_net = AdaptiveWeight(gain=self.weight_gain)
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
-        return {"solver": "consistency", "grid": trig_grid(teacher.schedule, steps, self.mid_times, self.sigma_data)}
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), *((Part("weight_net"),) if self.adaptive_weighting else ()))
+
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
+        return SamplerRule("consistency", trig_grid(teacher.schedule, steps, self.mid_times, self.sigma_data))
 
     # -- training pairs: (y, tau, cond, dy/dtau from the teacher) ------------------------------------
     def pairs(
@@ -318,6 +324,9 @@ class RCM(SCM):
         super().setup(module)
         module.critic = make_fake_score(module.teacher).requires_grad_(True)  # trainable even for foreign nets
 
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (*super().parts(module), Part("critic"))
+
     def simulate(
         self,
         module: DistillModule,
@@ -348,7 +357,7 @@ class RCM(SCM):
         scm = super().loss(module, batch, generator)
         n, cond = batch.size, batch.cond
         active = self.dmd_weight > 0 and tangent_ratio(module.progress, self.tangent_warmup) >= 1.0
-        k = int(module.step) % self.max_simulation_steps + 1
+        k = int(module.iteration) % self.max_simulation_steps + 1
         x = self.simulate(module, batch.x0, cond, k, generator, with_grad=active)
         if active:
             t, _ = lognormal_times(module.teacher.schedule, n, self.dmd_p_mean, self.dmd_p_std, generator, x.device)

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Denoiser, from_x0_eps
-from .base import copy_net, noise_to, randn
+from ..updates import noise_to
+from .base import copy_net, randn
 from .gan import Discriminator
 
 

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .base import Batch, DistillModule, Objective, noise_to, randn
+from ..parts import STUDENT, Part
+from ..updates import noise_to
+from .base import Batch, DistillModule, Objective, randn
 from .critic import dmd_loss, fake_score_loss, make_fake_score, sample_times
 from .gan import Discriminator, gan_losses
 from .rewards import module_reward, reward_values
@@ -66,9 +68,9 @@ def backward_simulate(
     """(x0, t): the student's samples after k = step % K + 1 of its consistency steps from pure noise
     (DMD2's backward simulation, Yin et al. 2024b, Sec. 4.5; ``rollout.student_samples``), the
     gradient through the last call only, and the time t (B,) of that last call. The trained step
-    cycles with ``module.step`` (no random draw for it). A 1-step student is x0 = G(sigma_max z, t_max)
+    cycles with ``module.iteration`` (no random draw for it). A 1-step student is x0 = G(sigma_max z, t_max)
     with t = t_max."""
-    k = int(module.step) % len(student_times(module.student))
+    k = int(module.iteration) % len(student_times(module.student))
     return student_samples(module, n, cond, generator, k=k)
 
 
@@ -138,9 +140,9 @@ class DecoupledDMD(Objective):
     On the 2-D mixture toy the CA term visibly does what guidance does: it pushes each class away
     from the others (mean radius grows with w), and DM holds the samples at the teacher's modes.
 
-    Against the paper: one optimiser step updates student and fake score together (DMD2's two time
-    scales become the critic's ``critic_lr_scale``, 5 as DMD2's 5 critic updates per generator
-    update); both noise levels are drawn independently of the student's step; the defaults of the two
+    Against the paper: student and fake score step together in every iteration, each with its own
+    AdamW (DMD2's two time scales become the critic's ``critic_lr_scale``, 5 as DMD2's 5 critic
+    updates per generator update); both noise levels are drawn independently of the student's step; the defaults of the two
     schedules (CA shifted by 3 to high noise, DM uniform) are our choice, not values tuned in the paper.
     """
 
@@ -160,7 +162,7 @@ class DecoupledDMD(Objective):
     dm_t: tuple[float, float] = (0.02, 0.98)
     dm_shift: float = 1.0
     normalize: bool = True
-    critic_lr_scale: float = 5.0  # the fake score learns 5x faster (DMD2's two time scales, one optimiser)
+    critic_lr_scale: float = 5.0  # the fake score learns 5x faster (DMD2's two time scales; its own AdamW)
 
     def __post_init__(self):
         object.__setattr__(self, "terms", tuple(self.terms))
@@ -190,10 +192,11 @@ class DecoupledDMD(Objective):
         if "dm" in self.terms:
             module.critic = make_fake_score(module.teacher).requires_grad_(True)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale} if "dm" in self.terms else {}
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        critic = (Part("critic", lr_scale=self.critic_lr_scale),) if "dm" in self.terms else ()
+        return (Part(STUDENT), *critic)
 
-    def parts(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
+    def loss_terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample terms (B,): "ca" and "dm" train the student, "critic" the fake score. Every random
         draw happens whatever ``terms`` holds, so ablations see the same samples and noise."""
         n, cond, real = batch.size, batch.cond, module.teacher
@@ -216,7 +219,7 @@ class DecoupledDMD(Objective):
         return out
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
-        return sum(self.parts(module, batch, generator).values())
+        return sum(self.loss_terms(module, batch, generator).values())
 
 
 # -- Flash-DMD -------------------------------------------------------------------------------------
@@ -249,8 +252,8 @@ class FlashDMD(Objective):
 
     Against the paper: its discriminator is a SAM-based pixel-space head and its RL stage optimises a
     latent reward model with a policy objective; here the compact ``gan.py`` head and a direct reward
-    gradient (ReFL-style) stand in, and every term trains in one optimiser step (two time scales by
-    ``critic_lr_scale`` / ``disc_lr_scale``).
+    gradient (ReFL-style) stand in, and student, fake score and discriminator are three parts that
+    step together after one backward (two time scales by ``critic_lr_scale`` / ``disc_lr_scale``).
     """
 
     name: ClassVar[str] = "flash-dmd"
@@ -285,8 +288,13 @@ class FlashDMD(Objective):
         if self.gan_weight > 0:
             module.disc = Discriminator(t.sample_shape, t.num_classes, self.disc_width)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale, "disc": self.disc_lr_scale}
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        # The fake score is not clipped: it starts as the teacher and must chase a moving student, so
+        # its gradient is large exactly when it lags, and a clip at the student's norm would slow it
+        # below the student, inverting the two time-scale rule (one clip over all parts scaled both).
+        critic = Part("critic", lr_scale=self.critic_lr_scale, grad_clip=0.0)
+        disc = (Part("disc", lr_scale=self.disc_lr_scale),) if self.gan_weight > 0 else ()
+        return (Part(STUDENT), critic, *disc)
 
     def dm_times(self, schedule, t_k: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(tau, active): DM noise levels in [t_split, t_k] (time-shifted to high noise) and the mask
@@ -301,7 +309,7 @@ class FlashDMD(Objective):
         """GAN noise levels t in [t_min, t_split): clean to low noise."""
         return sample_times(schedule, n, generator, 0.0, self.split_t, device)
 
-    def parts(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
+    def loss_terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample terms (B,): "dm", "gan_g" and "reward" train the student, "critic" the fake
         score, "gan_d" the discriminator."""
         n, cond, real = batch.size, batch.cond, module.teacher
@@ -330,7 +338,7 @@ class FlashDMD(Objective):
         return out
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
-        return sum(self.parts(module, batch, generator).values())
+        return sum(self.loss_terms(module, batch, generator).values())
 
 
 __all__ = [

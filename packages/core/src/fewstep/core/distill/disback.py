@@ -14,7 +14,7 @@ the teacher's score and the initial student's distribution. DisBack bridges it i
    the REAL score walks the path backwards, s'_{N-1}, ..., s'_1, s'_0 = teacher: each target is
    close to where the student is, so the gradient is informative from the start.
 
-Here both stages run inside the one train loop (``DistillModule.step`` tells the stage), so resume
+Here both stages run inside the one train loop (``DistillModule.iteration`` tells the stage), so resume
 works without extra state: the degrading copy IS ``module.critic`` (stage 1 trains it on the frozen
 initial student; stage 2 continues it as the fake score), and the snapshots s'_1..s'_N are frozen
 Denoisers in ``module.path`` (an ``nn.ModuleList`` with ``requires_grad=False``), so they are saved
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Denoiser
+from ..parts import STUDENT, Part
 from .base import Batch, DistillModule, Objective, frozen_copy
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
 from .rollout import student_samples
@@ -88,21 +89,21 @@ class DisBack(Objective):
             raise ValueError(f"critic_lr_scale={self.critic_lr_scale} must be > 0")
 
     def setup(self, module: DistillModule) -> None:
-        if self.record_steps(module) >= module.total_steps:
+        if self.record_steps(module) >= module.total_iterations:
             raise ValueError(
-                f"{module.total_steps} training steps leave none for backtracking after recording {self.path_size} "
+                f"{module.total_iterations} training steps leave none for backtracking after recording {self.path_size} "
                 f"snapshots ({self.record_steps(module)} steps): train longer or lower path_size / record_fraction"
             )
         module.critic = make_fake_score(module.teacher).requires_grad_(True)  # trainable even for foreign nets
         module.path = nn.ModuleList(frozen_copy(module.critic) for _ in range(self.path_size))
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), Part("critic", lr_scale=self.critic_lr_scale))
 
     # -- the schedule -----------------------------------------------------------------------------------
     def record_steps(self, module: DistillModule) -> int:
         """Stage 1 length: a multiple of N (each snapshot after the same number of critic updates), >= N."""
-        per = max(1, math.floor(self.record_fraction * module.total_steps / self.path_size))
+        per = max(1, math.floor(self.record_fraction * module.total_iterations / self.path_size))
         return per * self.path_size
 
     def path(self, module: DistillModule) -> list[Denoiser]:
@@ -112,11 +113,11 @@ class DisBack(Objective):
     def real_index(self, module: DistillModule, step: int | None = None) -> int:
         """Index into :meth:`path` of the real score at a stage-2 step: N-1, ..., 1 in equal segments
         over ``backtrack_fraction`` of stage 2, then 0 (the teacher)."""
-        step = int(module.step) if step is None else step
+        step = int(module.iteration) if step is None else step
         n, rec = self.path_size, self.record_steps(module)
         if n == 1:
             return 0
-        stage2 = max(1, module.total_steps - rec)
+        stage2 = max(1, module.total_iterations - rec)
         u = (step - rec) / (self.backtrack_fraction * stage2) if self.backtrack_fraction > 0 else 1.0
         if u >= 1.0:
             return 0
@@ -131,7 +132,7 @@ class DisBack(Objective):
 
     # -- the loss -----------------------------------------------------------------------------------------
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
-        step = int(module.step)
+        step = int(module.iteration)
         self._snapshot(module, step)
         module.path.eval()  # frozen targets evaluate as the teacher does (x0 clipping included)
         cond = batch.cond

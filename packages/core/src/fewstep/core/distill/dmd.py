@@ -10,17 +10,18 @@ by denoising on the generator's (detached) samples; the real score is the frozen
 regression loss on teacher noise -> sample pairs (Eq. 9) keeps the generator from collapsing.
 
 DMD2 (Yin et al. 2024b, "Improved Distribution Matching Distillation for Fast Image Synthesis"):
-no regression loss; a two time-scale update rule (the fake score moves on every step, the generator
-on every ``critic_updates``-th, Sec. 4.2); a GAN head on the fake score's bottleneck, trained
+no regression loss; a two time-scale update rule (the fake score moves on every iteration, the
+generator on every ``critic_updates``-th, Sec. 4.2; a declared update ratio, ``parts.py``); a GAN head on the fake score's bottleneck, trained
 non-saturating on real data against generated samples noised to the same t (Sec. 4.3,
 ``critic.FakeScoreGAN``); and K-step students on a fixed grid trained with backward simulation:
 the training input at step k comes from the student's own K-step sampling from noise (Sec. 4.5,
 ``rollout.backward_simulation``), so training sees what inference sees.
 
-Both train the fake score in the same optimiser step as the generator (one AdamW over the module):
-the DM and generator-GAN terms reach the generator only, the denoising and discriminator terms the
-fake score (and head) only (``dmd_direction`` is a stop-gradient target, samples are detached for
-the critic, ``gan.gan_losses`` freezes the discriminator for the generator term).
+Generator and fake score are separate parts (``parts()``): each has its own AdamW, learning rate
+and gradient clip, and both step after the one backward of an iteration. The DM and generator-GAN
+terms reach the generator only, the denoising and discriminator terms the fake score (and head)
+only (``dmd_direction`` is a stop-gradient target, samples are detached for the critic,
+``gan.gan_losses`` freezes the discriminator for the generator term).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .base import Batch, DistillModule, Objective, mse, noise_to, pseudo_huber, randn
+from ..parts import STUDENT, Part
+from ..updates import noise_to
+from .base import Batch, DistillModule, Objective, mse, pseudo_huber, randn
 from .critic import FakeScoreGAN, dmd_direction, dmd_loss, fake_score_for, fake_score_loss, sample_times
 from .gan import gan_losses
 from .rollout import backward_simulation, draw_steps, pure_noise
@@ -71,7 +74,7 @@ class DMD(Objective):
 
     Against the paper: the regression distance is mse or pseudo-Huber, not LPIPS (no offline
     feature net); the pairs are the runner's cached teacher trajectories (DMD: 25 steps of PNDM/Heun);
-    one optimiser step trains generator and fake score together (DMD alternates them).
+    generator and fake score step in the same iteration, after one backward (DMD alternates them).
     """
 
     name: ClassVar[str] = "dmd"
@@ -93,15 +96,15 @@ class DMD(Objective):
         _check_times(self.t_lo, self.t_hi)
 
     def setup(self, module: DistillModule) -> None:
-        if (module.student.steps or 1) != 1:
+        if (module.student.card.student_steps or 1) != 1:
             raise ValueError(
-                f"DMD trains a one-step generator; got steps={module.student.steps}. "
+                f"DMD trains a one-step generator; got steps={module.student.card.student_steps}. "
                 "Use DistillConfig(steps=1), or dmd2 for K-step students (backward simulation)"
             )
         module.critic = fake_score_for(module.teacher, module.student)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), Part("critic", lr_scale=self.critic_lr_scale))
 
     def terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample parts: "dm" and "reg" train the generator, "critic" the fake score."""
@@ -127,25 +130,25 @@ class DMD(Objective):
 class DMD2(Objective):
     """DMD2 (Yin et al. 2024b): DM term + GAN, no regression; real data (data = "real").
 
-    Per step: k ~ U{0..K-1} per sample on the student's grid (uniform, [t_max, ..., 0]); x_k from the
+    Per iteration: k ~ U{0..K-1} per sample on the student's grid (uniform, [t_max, ..., 0]); x_k from the
     student's own rollout (``rollout.backward_simulation``, DMD2 Sec. 4.5; x_0 = pure noise);
     x = G(x_k, t_k), the only call with gradient. The fake score (``module.critic``, a
     :class:`~fewstep.core.distill.critic.FakeScoreGAN`: teacher copy + head on its bottleneck) always trains: denoising on sg(x) + ``disc_weight`` * the head's
     non-saturating loss on real x0 vs sg(x), both noised to the same t ~ U[t_lo, t_hi]. The generator
-    trains on every ``critic_updates``-th step only (two time-scale rule; ``module.step`` decides):
-    DM term + ``gan_weight`` * the GAN generator loss; on the other steps its terms are absent
-    (no gradient, so AdamW leaves it exactly as it is). The defaults are DMD2's ImageNet-64 ones
+    trains on every ``critic_updates``-th iteration only (two time-scale rule, declared as the
+    critic's ``updates_per_student_update``; ``module.updates("student")`` says when): DM term +
+    ``gan_weight`` * the GAN generator loss; on the other iterations its terms are not computed and
+    its optimiser does not step, so it stays exactly as it is. The defaults are DMD2's ImageNet-64 ones
     (update ratio 5, generator GAN weight 3e-3, classifier weight 1e-2).
 
-    Against the paper: generator and fake score share one optimiser step (DMD2 steps two optimisers
-    in sequence); the head is a conv + pool + linear on the UNet's last middle block (DMD2: a
+    Against the paper: on a generator iteration both optimisers step after one backward (DMD2 steps
+    them in sequence, each after its own forward); the head is a conv + pool + linear on the UNet's last middle block (DMD2: a
     conv stack on its encoder output); real and fake are noised to one shared t per row.
     """
 
     name: ClassVar[str] = "dmd2"
     student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "real"
-    skips_parameters: ClassVar[bool] = True  # critic-only steps leave the student without gradients
     paper: ClassVar[str] = "Yin et al. 2024b, Improved Distribution Matching Distillation for Fast Image Synthesis"
 
     critic_updates: int = 5  # fake-score updates per generator update (DMD2's dfake_gen_update_ratio)
@@ -158,7 +161,7 @@ class DMD2(Objective):
 
     def __post_init__(self):
         if self.critic_updates < 1:
-            raise ValueError(f"critic_updates={self.critic_updates}: need >= 1 (1 = generator every step)")
+            raise ValueError(f"critic_updates={self.critic_updates}: need >= 1 (1 = generator every iteration)")
         if self.critic_lr_scale <= 0 or self.gan_weight < 0 or self.disc_weight < 0 or self.head_width < 1:
             raise ValueError("need critic_lr_scale > 0, gan_weight >= 0, disc_weight >= 0 and head_width >= 1")
         _check_times(self.t_lo, self.t_hi)
@@ -171,16 +174,18 @@ class DMD2(Objective):
         fake = fake_score_for(module.teacher, module.student)
         module.critic = FakeScoreGAN(fake, self.head_width) if self.gan else fake
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        # The critic part holds the GAN head too (a FakeScoreGAN): one optimiser, one clip.
+        critic = Part("critic", lr_scale=self.critic_lr_scale, updates_per_student_update=self.critic_updates)
+        return (Part(STUDENT), critic)
 
     def generator_step(self, module: DistillModule) -> bool:
-        """Whether this step trains the generator (steps 0, r, 2r, ... of r = ``critic_updates``)."""
-        return int(module.step) % self.critic_updates == 0
+        """Whether this iteration trains the generator (iterations 0, r, 2r, ... of r = ``critic_updates``)."""
+        return module.updates(STUDENT)
 
     def grid(self, student: Denoiser) -> Tensor:
         """The student's K+1 sampling times [t_0 = t_max, ..., t_{K-1}, 0] (its card's grid)."""
-        grid = (student.sampler or {}).get("grid")
+        grid = (student.card.sampler.grid if student.card.sampler else None)
         if not isinstance(grid, (list, tuple)):
             raise TypeError(f"DMD2 needs a student whose sampler has an explicit list of grid times, got {grid!r}")
         return torch.tensor(grid, dtype=torch.float64)
@@ -197,7 +202,7 @@ class DMD2(Objective):
         return x_k, t_k, k
 
     def terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
-        """Per-sample parts: "dm" and "gan_g" train the generator (zero on critic-only steps), "critic"
+        """Per-sample parts: "dm" and "gan_g" train the generator (zero on critic-only iterations), "critic"
         and "gan_d" the fake score and its head."""
         if batch.x0 is None:
             raise ValueError("DMD2 trains on real data (data='real'): the batch has no x0")

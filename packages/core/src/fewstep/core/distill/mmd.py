@@ -11,8 +11,8 @@ features). The gradient flows through the whole sampling chain; each step is rec
 backward pass (``torch.utils.checkpoint``), so memory is one step's activations plus the K states.
 
 Features. ``phi`` is a fixed callable ``phi(x) -> (B, F)`` given at run time: the objective's
-``features`` field, or a ``features`` attribute the caller sets on the DistillModule (for images, a
-classifier's feature map: ``module.__dict__["features"] = net.features`` keeps it out of the
+``features`` field, or a ``features`` attachment the caller sets on the DistillModule (for images,
+a classifier's feature map: ``module.attach("features", net.features)`` keeps it out of the
 trained and checkpointed parameters). Without one, :class:`RandomProjection` is used: the flattened
 sample itself when it has at most ``dim`` entries, else a fixed Gaussian random projection to
 ``dim`` (Johnson-Lindenstrauss: distances are kept up to a small factor). It is a stand-in that
@@ -36,9 +36,10 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..card import SamplerRule
 from ..denoiser import Denoiser
 from .base import Batch, DistillModule, Objective, randn, uniform_times
-from .steps import ddim_jump
+from ..updates import ddim_jump
 
 
 class RandomProjection:
@@ -119,19 +120,19 @@ class MMDDDM(Objective):
 
     def setup(self, module: DistillModule) -> None:
         # Held outside the module tree: a fixed map, neither trained nor checkpointed.
-        if "features" not in module.__dict__:
-            module.__dict__["features"] = self.features or RandomProjection(self.feature_dim)
+        if "features" not in module.attachments:
+            module.attach("features", self.features or RandomProjection(self.feature_dim))
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """K DDIM steps on a uniform grid, the last one to t = 0."""
-        return {"solver": "ddim", "grid": uniform_times(teacher.schedule, steps)}
+        return SamplerRule("ddim", uniform_times(teacher.schedule, steps))
 
     def generate(
         self, module: DistillModule, n: int, cond: Tensor | None, like: Tensor, generator: torch.Generator
     ) -> Tensor:
         """The student's K-step DDIM samples from fresh noise, differentiable through every step."""
         student, sched = module.student, module.student.schedule
-        grid = list(student.sampler["grid"])
+        grid = list(student.card.sampler.grid)
         x = randn((n, *like.shape[1:]), generator, like) * float(
             sched.sigma(torch.tensor(grid[0], dtype=torch.float64))
         )
@@ -149,7 +150,7 @@ class MMDDDM(Objective):
         return x
 
     def loss(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> Tensor:
-        phi = getattr(module, "features", None) or self.features or RandomProjection(self.feature_dim)
+        phi = module.attachments.get("features") or self.features or RandomProjection(self.feature_dim)
         x_hat = self.generate(module, batch.size, batch.cond, batch.x0, generator)
         with torch.no_grad():
             y = phi(batch.x0)

@@ -36,10 +36,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints import load_denoiser, save_denoiser
+from ..card import ModelCard
+from ..checkpoints import load_denoiser, model_card_from_json, save_denoiser
 from ..denoiser import Denoiser
 from ..io import CheckpointError, checkpoint_paths, load_weights, read_card, save_weights
 from ..nets import is_fewstep_net
+from ..parts import STUDENT, Part
 from .base import Batch, DistillModule, Objective, StudentSpec, copy_net
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
 from .reflow import smaller_net
@@ -109,8 +111,8 @@ class MSD(Objective):
             raise ValueError("MSD partitions class labels: the teacher must be class-conditional (num_classes > 0)")
         module.critic = make_fake_score(module.teacher).requires_grad_(True)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), Part("critic", lr_scale=self.critic_lr_scale))
 
     def own(self, module: DistillModule, n: int, generator: torch.Generator, device) -> Tensor:
         """n labels drawn uniformly from this student's slice (the batch's own labels cover every class)."""
@@ -133,19 +135,19 @@ class StudentRouter(nn.Module):
     Students must share schedule, sample shape, number of classes, step count and sampling rule.
     """
 
-    def __init__(self, students: list[Denoiser], partition: list[list[int]], info: dict[str, Any] | None = None):
+    def __init__(self, students: list[Denoiser], partition: list[list[int]], provenance: dict[str, Any] | None = None):
         super().__init__()
         if len(students) != len(partition) or not students:
             raise ValueError(f"{len(students)} students for a partition of {len(partition)} slices")
         first = students[0]
         for s in students[1:]:
-            same = (s.schedule, s.sample_shape, s.num_classes, s.steps, s.sampler, s.prediction)
+            same = (s.schedule, s.sample_shape, s.num_classes, s.card.student_steps, s.card.sampler, s.prediction)
             if same != (
                 first.schedule,
                 first.sample_shape,
                 first.num_classes,
-                first.steps,
-                first.sampler,
+                first.card.student_steps,
+                first.card.sampler,
                 first.prediction,
             ):
                 raise ValueError(
@@ -159,9 +161,9 @@ class StudentRouter(nn.Module):
         self.register_buffer("owner", owner)
         self.schedule, self.prediction = first.schedule, first.prediction
         self.sample_shape, self.num_classes = first.sample_shape, first.num_classes
-        self.steps, self.sampler, self.boundary = first.steps, first.sampler, None
-        self.clip_x0, self.guidance = first.clip_x0, first.guidance
-        self.info = dict(info or {})
+        self.boundary, self.clip_x0, self.guidance = None, first.clip_x0, first.guidance
+        # Samples like its students: their step count and rule, the router's own provenance.
+        self.card = ModelCard(first.card.student_steps, first.card.sampler, provenance or {})
         self.nfe = 0
 
     @property
@@ -222,9 +224,7 @@ def save_router(router: StudentRouter, path: str | os.PathLike, card: dict | Non
         "students": files,
         "num_classes": router.num_classes,
         "sample_shape": list(router.sample_shape) if router.sample_shape else None,
-        "steps": router.steps,
-        "sampler": router.sampler,
-        "info": router.info,
+        "card": router.card.to_dict(),
     }
     save_weights(path, {"owner": router.owner}, meta)
 
@@ -241,10 +241,9 @@ def load_router(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         if read_card(stem).get("weights_sha256") != entry["sha256"]:
             raise CheckpointError(f"{stem}: student checkpoint does not match the router card (replaced or stale)")
         students.append(load_denoiser(stem, device))
-    router = StudentRouter(students, card["partition"], info=card.get("info", {}))
+    router = StudentRouter(students, card["partition"], provenance=model_card_from_json(card, str(path)).provenance)
     if not torch.equal(router.owner, tensors["owner"]):
         raise CheckpointError(f"{checkpoint_paths(path)[0]}: owner table disagrees with the card's partition")
-    router.card = card
     return router.to(device).eval()
 
 
@@ -294,11 +293,11 @@ def distill_multi_student(
             student_net=net,
             card={"student_index": j, "classes": list(part)},
         )
-        res.student.info["msd"] = {"student": j, "classes": list(part), "width_mult": width_mult}
+        res.student.card = res.student.card.with_provenance(msd={"student": j, "classes": list(part), "width_mult": width_mult})
         students.append(res.student)
         results.append(res)
     router = StudentRouter(
-        students, partition, info={"distilled_by": "msd", "width_mult": width_mult, **dict(teacher.info)}
+        students, partition, provenance={"distilled_by": "msd", "width_mult": width_mult, **dict(teacher.card.provenance)}
     )
     if out is not None:
         save_router(router, out, card={"distill_config": {"student_steps": cfg.student_steps, "iterations": cfg.train.iterations}})

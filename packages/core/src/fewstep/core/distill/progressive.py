@@ -7,7 +7,7 @@ distils classifier-free guidance (two network passes per call) into one w-condit
 then runs PD on that network with w as an input of both student and round teacher.
 
 Round bookkeeping. A run of T iterations is cut into rounds of equal length computed from
-``module.step``; the round teacher is ``module.target`` (a frozen copy of the student, refreshed
+``module.iteration``; the round teacher is ``module.target`` (a frozen copy of the student, refreshed
 with :meth:`DistillModule.refresh_target` when a new round begins), and the index of the round the
 target belongs to lives in the buffer ``module.pd_round``; both are checkpointed, so a resumed
 run continues the round it stopped in. The first PD round's teacher is the real teacher.
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..card import SamplerRule
 from ..denoiser import Denoiser, _bcast, to_x0_eps
-from .base import DistillModule, Objective, StudentSpec, mse, noise_to, randn, uniform_times
-from .steps import alpha_sigma, ddim_jump, ddim_x0
+from .base import DistillModule, Objective, StudentSpec, mse, randn, uniform_times
+from ..updates import alpha_sigma, ddim_jump, ddim_x0, noise_to
 
 PREDICTIONS = ("auto", None, "eps", "x0", "v", "flow")
 
@@ -40,7 +41,7 @@ def truncated_snr(alpha: Tensor, sigma: Tensor) -> Tensor:
 def guided_x0(teacher: Denoiser, x: Tensor, t: Tensor, cond: Tensor, w: Tensor) -> Tensor:
     """The teacher's classifier-free-guided x0 with a per-sample scale w (B,): two network passes
     (conditional and null label, batched), u + w (c - u) in the net's own parametrisation as
-    :meth:`Denoiser.raw` does, then x0, clipped like the teacher's sampler clips it."""
+    :meth:`Denoiser.guided` does, then x0, clipped like the teacher's sampler clips it."""
     both = teacher.raw(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, teacher.null_cond(cond)]), 1.0)
     c, u = both.chunk(2)
     out = u + _bcast(w, x) * (c - u)
@@ -68,22 +69,21 @@ class ProgressiveDistillation(Objective):
     Round r: the student takes N_r DDIM steps on the uniform grid ``uniform_times(N_r)`` (t_max ..
     then 0), its teacher 2 N_r on the grid that interleaves the midpoints. For data x, t = t_i of the
     student grid, t' the teacher's midpoint, t'' = t_{i+1}: z_t = alpha_t x + sigma_t eps, two teacher
-    DDIM steps z_t -> z_t' -> z_t'', the x0 target x_tilde (:func:`fewstep.core.distill.steps.ddim_x0`), and the loss
+    DDIM steps z_t -> z_t' -> z_t'', the x0 target x_tilde (:func:`fewstep.core.updates.ddim_x0`), and the loss
     max(SNR_t, 1) ||x_tilde - x_hat_student(z_t)||^2 (Sec. 4, truncated-SNR weighting).
 
     Defaults, scaled for a 600-iteration budget: the paper distils a 1024/8192-step teacher for
     50k iterations a round; here the first teacher takes ``start_steps`` = 16 DDIM steps (on the
-    small teachers 16 uniform DDIM steps are as good as 32: digits dFD 1.95 for both) and the
+    small teachers 16 uniform DDIM steps are already close to the converged solution) and the
     iterations are split evenly over the log2(16/K) rounds.
 
     ``prediction``: the student's parametrisation. Sec. 4: an eps-prediction model cannot make a
     one-step x0 prediction at t_max, where x0 = (z - sigma eps) / alpha and alpha -> 0, so the
     paper switches to v. "auto" (default) does that only where it is needed, for a one-step
     student of an eps teacher, and otherwise keeps the teacher's (the copied weights keep their
-    meaning: re-read as v they start far from the teacher and need many iterations to recover;
-    on digits, K = 4 after 100 iterations: dFD 2.1 keeping eps vs 12.6 as v; at K = 1 neither
-    is there after 100 iterations: eps 42, v 70, the teacher's one-step DDIM 45, eps being
-    capped by the 1/alpha_T amplification). None keeps the teacher's always; a name forces one.
+    meaning, while re-read as v they start far from the teacher's function and need many
+    iterations to recover; a one-step eps student is instead capped by the 1/alpha_T
+    amplification). None keeps the teacher's always; a name forces one.
     """
 
     name: ClassVar[str] = "pd"
@@ -104,14 +104,14 @@ class ProgressiveDistillation(Objective):
         return StudentSpec(prediction=None if self.prediction == "auto" else self.prediction)
 
     def setup(self, module: DistillModule) -> None:
-        if self.prediction == "auto" and module.student.steps == 1 and module.teacher.prediction == "eps":
+        if self.prediction == "auto" and module.student.card.student_steps == 1 and module.teacher.prediction == "eps":
             module.student.prediction = "v"  # K is known only here (Sec. 4; see the class doc)
         module.add_target()  # the round teacher; its weights are replaced when a round begins
         module.register_buffer("pd_round", torch.zeros((), dtype=torch.long))
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """Deterministic DDIM on the K-step uniform grid the last round trained (ending at 0)."""
-        return {"solver": "ddim", "grid": uniform_times(teacher.schedule, steps)}
+        return SamplerRule("ddim", uniform_times(teacher.schedule, steps))
 
     # -- rounds -------------------------------------------------------------------------------------
     def _stage(self, module: DistillModule) -> tuple[int, int]:
@@ -119,10 +119,10 @@ class ProgressiveDistillation(Objective):
         return 0, 0
 
     def round_of(self, module: DistillModule) -> tuple[int, int]:
-        """(round index r, student steps N_r) for the current ``module.step``."""
-        plan = round_plan(module.student.steps or 1, self.start_steps)
+        """(round index r, student steps N_r) for the current ``module.iteration``."""
+        plan = round_plan(module.student.card.student_steps or 1, self.start_steps)
         _, start = self._stage(module)
-        frac = (float(module.step) - start) / max(1, module.total_steps - start)
+        frac = (float(module.iteration) - start) / max(1, module.total_iterations - start)
         r = min(len(plan) - 1, max(0, int(frac * len(plan))))
         return r, plan[r]
 
@@ -200,8 +200,8 @@ class GuidedProgressiveDistillation(ProgressiveDistillation):
         return StudentSpec(prediction=None if self.prediction == "auto" else self.prediction, guidance_embed=True)
 
     def _stage(self, module: DistillModule) -> tuple[int, int]:
-        start = round(self.stage1_share * module.total_steps)
-        return (0 if int(module.step) < start else 1), start
+        start = round(self.stage1_share * module.total_iterations)
+        return (0 if int(module.iteration) < start else 1), start
 
     def sample_w(self, b: int, generator: torch.Generator, like: Tensor) -> Tensor:
         w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=generator, dtype=torch.float64)

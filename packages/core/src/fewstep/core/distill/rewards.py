@@ -5,8 +5,8 @@ A reward is any callable ``reward(x, cond) -> (B,)``: ``x`` (B, ...) samples in 
 differentiable in ``x`` (its own weights frozen), because objectives maximise it by gradient
 through the student's sample (direct reward fine-tuning, as ReFL / DRaFT do).
 
-``distill(..., reward=fn)`` attaches it as ``module.reward``, a plain attribute: not a submodule,
-so it is neither trained nor checkpointed nor synchronised under DDP. Modality packages ship
+``distill(..., reward=fn)`` attaches it to the DistillModule (``module.attach("reward", fn)``):
+not a submodule, so it is neither trained nor checkpointed nor synchronised under DDP or FSDP. Modality packages ship
 concrete rewards (``fewstep.image.rewards.classifier_reward``).
 """
 
@@ -53,7 +53,7 @@ def check_reward(reward: Reward, x: Tensor, cond: Tensor | None = None) -> Tenso
 
 def module_reward(module, who: str) -> Reward:
     """The reward attached to a DistillModule, or a ValueError that says how to give one."""
-    reward = getattr(module, "reward", None)
+    reward = module.attachments.get("reward")
     if reward is None:
         raise ValueError(
             f"{who} has reward_weight > 0 but no reward was given: pass distill(..., reward=fn) with "

@@ -35,17 +35,17 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .base import DistillModule, noise_to, randn, uniform_times
-from .steps import ddim_jump
+from .base import DistillModule, randn, uniform_times
+from ..updates import ddim_jump, noise_to
 
 RULES = ("consistency", "ddim")
 
 
 def student_times(student: Denoiser) -> list[float]:
     """The K nonzero times a K-step student is called at, t_max first: its sampler's explicit grid
-    without the final 0, else ``uniform_times`` (K = ``student.steps``, 1 when unset)."""
-    steps = max(1, student.steps or 1)
-    grid = (student.sampler or {}).get("grid")
+    without the final 0, else ``uniform_times`` (K = ``student.card.student_steps``, 1 when unset)."""
+    steps = max(1, student.card.student_steps or 1)
+    grid = (student.card.sampler.grid if student.card.sampler else None)
     if not isinstance(grid, (list, tuple, Tensor)):  # none, or a grid by name: the uniform grid
         grid = uniform_times(student.schedule, steps)
     return [float(t) for t in grid if float(t) > 0][:steps]

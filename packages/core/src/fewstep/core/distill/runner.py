@@ -108,8 +108,8 @@ def distill(
     """Distil ``teacher`` into a ``cfg.student_steps``-step student with ``objective``; save it at ``out``.
 
     ``student_net`` replaces the objective's default student net (a copy of the teacher's).
-    ``reward``: a callable (x, cond) -> (B,) attached as ``module.reward`` for objectives that maximise
-    one (``rewards.py``); a plain attribute, neither trained nor checkpointed.
+    ``reward``: a callable (x, cond) -> (B,) attached as ``module.attachments["reward"]`` for
+    objectives that maximise one (``rewards.py``); neither trained nor checkpointed.
     Resumes from ``work_dir`` (default ``out.work``) when it holds a checkpoint of the same run.
     ``out=None`` saves nothing (then ``work_dir`` is required); for students on foreign nets.
     """
@@ -134,7 +134,7 @@ def distill(
     if reward is not None:
         if not callable(reward):
             raise TypeError(f"reward must be a callable (x, cond) -> (B,), got {type(reward).__name__}")
-        module.__dict__["reward"] = reward  # not a submodule: not trained, checkpointed or synchronised
+        module.attach("reward", reward)  # not a submodule: not trained, checkpointed or synchronised
     train_data = _training_data(module, objective, cfg, data, work, progress and rank == 0)
     no_data = objective.data == "none"
     mem, mem_kind = _peak(module, train_data, device, cfg.train.seed, no_data) if device.type == "cpu" else (0, "")
@@ -154,13 +154,14 @@ def distill(
     state = result.ema if cfg.use_ema else module.state_dict()
     net_state = {k[len("student.net."):]: v for k, v in state.items() if k.startswith("student.net.")}
     student.net.load_state_dict(net_state)
-    student.info = {
-        **dict(teacher.info),
-        "teacher": teacher.info.get("name", teacher.info.get("dataset")),
+    teacher_facts = teacher.card.provenance
+    student.card = student.card.with_provenance(**{
+        **{k: v for k, v in teacher_facts.items() if k not in ("final_loss", "train_config", "note")},
+        "teacher": teacher_facts.get("name", teacher_facts.get("dataset")),
         "distilled_by": objective.name,
         "objective": objective.describe(),
         "student_steps": cfg.student_steps,
-        "train_steps": result.step,
+        "iterations": result.iteration,
         "train_seconds": round(seconds, 1),
         "batch_size": cfg.train.batch_size,
         "peak_bytes": mem,
@@ -168,10 +169,8 @@ def distill(
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "made_by": "fewstep.core.distill",
         "torch": torch.__version__,
-    }
-    for k in ("final_loss", "train_config", "note"):
-        student.info.pop(k, None)
+    })
     if rank == 0 and out is not None:
-        save_denoiser(student, out, card={"distill_config": asdict(cfg)})
+        save_denoiser(student, out, provenance={"distill_config": asdict(cfg)})
     return DistillResult(student.eval(), seconds, result.losses, mem, mem_kind, result.resumed_from)
 

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from ..denoiser import _bcast
-from .base import Batch, DistillModule, Objective, noise_to, randn
+from ..parts import STUDENT, Part
+from ..updates import noise_to
+from .base import Batch, DistillModule, Objective, randn
 from .critic import dmd_loss, fake_score_for, fake_score_loss, sample_times
 from .gan import Discriminator, gan_losses
 from .rollout import student_samples, student_times
@@ -111,8 +113,8 @@ class VSD(Objective):
     def setup(self, module: DistillModule) -> None:
         module.critic = fake_score_for(module.teacher, module.student)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), Part("critic", lr_scale=self.critic_lr_scale))
 
     def guidance_scales(self, module: DistillModule, generator: torch.Generator) -> tuple[float, float]:
         """(teacher, fake score) CFG scales for this batch; SNOOPI draws one w ~ U[lo, hi] for both."""
@@ -237,8 +239,8 @@ class SIM(Objective):
     def setup(self, module: DistillModule) -> None:
         module.critic = fake_score_for(module.teacher, module.student)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), Part("critic", lr_scale=self.critic_lr_scale))
 
     def terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample parts: "gen" trains the student only, "critic" the fake score only."""
@@ -311,8 +313,9 @@ class UniInstruct(VSD):
             t = module.teacher
             module.disc = Discriminator(t.sample_shape, t.num_classes or 0, self.disc_width)
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale, "disc": self.critic_lr_scale}
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        disc = (Part("disc", lr_scale=self.critic_lr_scale),) if self.f != "reverse-kl" else ()
+        return (*super().parts(module), *disc)
 
     def log_ratio(self, module: DistillModule, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """log r = log p_t / q_t at x_t from the discriminator's logit (B,), clipped."""

@@ -24,12 +24,14 @@ student's grid is uniform in t (``uniform_times``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..card import SamplerRule
 from ..denoiser import Denoiser
+from ..parts import STUDENT, Part
 from .base import Batch, DistillModule, Objective, uniform_times
 from .critic import dmd_direction, dmd_loss, fake_score_loss, make_fake_score
 from .rollout import next_state, param_like, pure_noise
@@ -73,15 +75,15 @@ class TDM(Objective):
     def setup(self, module: DistillModule) -> None:
         module.critic = make_fake_score(module.teacher).requires_grad_(True)  # trainable even for foreign nets
 
-    def lr_scales(self) -> dict[str, float]:
-        return {"critic": self.critic_lr_scale}  # 1.0 is the base rate: the train loop keeps one group
+    def parts(self, module: DistillModule) -> tuple[Part, ...]:
+        return (Part(STUDENT), Part("critic", lr_scale=self.critic_lr_scale))
 
-    def sampler(self, teacher: Denoiser, steps: int) -> dict[str, Any]:
+    def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """K DDIM steps through the student's own grid, the last one to t = 0 (its x0)."""
-        return {"solver": "ddim", "grid": uniform_times(teacher.schedule, steps)}
+        return SamplerRule("ddim", uniform_times(teacher.schedule, steps))
 
     def grid(self, module: DistillModule) -> list[float]:
-        return list(module.student.sampler["grid"])
+        return list(module.student.card.sampler.grid)
 
     def terms(self, module: DistillModule, batch: Batch, generator: torch.Generator) -> dict[str, list[Tensor]]:
         """Per step k: "dm" (trains the student at step k) and "critic" (trains the fake score on

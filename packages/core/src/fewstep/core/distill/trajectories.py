@@ -25,7 +25,7 @@ from ..solvers import SOLVERS, Bound, sampling_grid
 class TrajectoryConfig:
     n: int = 2048
     solver: str = "dpmpp_2m"  # must be a one-NFE-per-grid-time multistep solver
-    steps: int = 16
+    num_steps: int = 16  # the teacher's sampling steps per trajectory
     grid: str = "logsnr"
     guidance: float = 1.0
     batch_size: int = 256
@@ -34,8 +34,8 @@ class TrajectoryConfig:
     def __post_init__(self):
         if self.solver not in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc"):
             raise ValueError(f"trajectory solver {self.solver!r}: use ddim, dpmpp_2m, dpmpp_3m or unipc (one NFE per grid time)")
-        if self.n < 1 or self.steps < 1:
-            raise ValueError("n and steps must be >= 1")
+        if self.n < 1 or self.num_steps < 1:
+            raise ValueError("n and num_steps must be >= 1")
 
 
 class _Recorder:
@@ -50,7 +50,7 @@ class _Recorder:
 @torch.no_grad()
 def teacher_trajectories(teacher: Denoiser, cfg: TrajectoryConfig, progress: bool = True) -> dict[str, Tensor]:
     """{"traj": (N, K+1, ...) states at "traj_t" (K+1,) descending times ending at 0, "cond": (N,)}."""
-    ts = sampling_grid(teacher.schedule, cfg.steps, cfg.grid, denoise_to_zero=True)
+    ts = sampling_grid(teacher.schedule, cfg.num_steps, cfg.grid, denoise_to_zero=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(iter(teacher.parameters()), torch.empty(0)).device
     n_cls = max(1, teacher.num_classes)

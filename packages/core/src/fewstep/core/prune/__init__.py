@@ -76,9 +76,9 @@ def apply_plan(denoiser: Denoiser, plan: Plan, *, ratio: float | None = None, ml
         sample_shape=denoiser.sample_shape,
         num_classes=denoiser.num_classes,
         guidance=denoiser.guidance,
-        steps=denoiser.steps,
         clip_x0=denoiser.clip_x0,
-        info={**denoiser.info, **(info or {})},
+        boundary=denoiser.boundary,
+        card=denoiser.card.with_provenance(**(info or {})),
     ).train(denoiser.training)
 
 
@@ -110,7 +110,7 @@ def prune(denoiser: Denoiser, config: PruneConfig) -> Denoiser:
     summary["params_after"] = param_count(out.net)
     summary["gflops_before"] = flops_before / 1e9
     summary["gflops_after"] = flops(out) / 1e9
-    out.info["prune"] = summary
+    out.card = out.card.with_provenance(prune=summary)
     return out
 
 

@@ -42,11 +42,11 @@ class PruneConfig:
     """EcoDiff pruning settings (Zhang et al. 2024); ``ratio`` is the share of prunable parameters to remove."""
 
     ratio: float
-    steps: int | None = None  # sampler steps of the trajectory; None: the model's own (a student's), else 20
+    num_steps: int | None = None  # sampling steps of the trajectory; None: the model's own (a student's), else 20
     solver: str = "ddim"
     grid: str = "logsnr"
     denoise_to_zero: bool = True  # the last step returns the x0 prediction (as evaluation does)
-    iters: int = 100  # optimiser steps on the mask logits
+    iters: int = 100  # optimiser iterations on the mask logits
     batch: int = 4  # trajectories per step
     lr: float = 0.1  # Adam on the logits
     sparsity_weight: float = 5.0  # lambda: pull of the kept share towards 1 - ratio
@@ -63,8 +63,8 @@ class PruneConfig:
     def __post_init__(self):
         check_ratio(self.ratio)
         object.__setattr__(self, "kinds", tuple(self.kinds))
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps={self.steps}: the trajectory needs at least 1 step (or None for the model's own)")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps}: the trajectory needs at least 1 step (or None for the model's own)")
         if self.solver not in SOLVERS:
             raise ValueError(
                 f"solver={self.solver!r}: the mask search differentiates one-step updates; use one of {SOLVERS} "
@@ -182,7 +182,7 @@ def search_masks(den: Denoiser, config: PruneConfig) -> MaskSearch:
             f"this {type(net).__name__} has no prunable units of kinds {config.kinds} (every layer has a "
             "single group / head); widen the net or allow other kinds"
         )
-    steps = config.steps or den.steps or 20
+    steps = config.num_steps or den.card.student_steps or 20
     ts = time_grid(den, steps, config.grid, config.denoise_to_zero)
     device = next(net.parameters()).device
     g = torch.Generator().manual_seed(config.seed)

@@ -17,7 +17,8 @@ OBSERVERS = ("mse", "minmax", "percentile")
 RECONSTRUCTIONS = ("none", "adaround", "brecq")
 # First and last layers stay in full precision by default (Q-Diffusion / BRECQ practice).
 DEFAULT_KEEP = ("conv_in", "conv_out", "patch_embed", "final.linear")
-# Per-channel int4 lost 49% dFD on the shapes teacher; groups of 32 kept it (docs/benchmarks/compression.md).
+# Per-channel int4 scales are too coarse for 4 bits on small convs; groups of 32 keep the quality
+# (docs/benchmarks/compression.md).
 DEFAULT_INT4_GROUP = 32
 
 

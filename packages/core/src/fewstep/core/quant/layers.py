@@ -277,7 +277,8 @@ class QuantLayer(nn.Module):
         """Conv2d over the integer grids: the input snapped to its int8/fp8 grid, the dequantized
         weight, and the platform's conv kernel (cuDNN / oneDNN). Equal to the im2col integer GEMM up
         to float summation order; PyTorch has no maintained int8 conv kernel outside the legacy
-        torch.ao engine, and im2col + int GEMM measured slower than this on both CPU and GPU."""
+        torch.ao engine, and im2col + int GEMM is slower than this on both CPU and GPU
+        (docs/benchmarks/compression.md)."""
         c = self.conv
         if x.ndim != 4 or x.shape[1] != c["in_channels"]:
             raise ValueError(f"QuantLayer(conv) expects (B, {c['in_channels']}, H, W), got {tuple(x.shape)}")

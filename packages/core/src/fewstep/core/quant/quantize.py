@@ -124,9 +124,9 @@ def quantize(denoiser: Denoiser, config: QuantConfig | None = None) -> Denoiser:
                  "error_nearest": sum(r.error_nearest for r in results),
                  "error_learned": sum(min(r.error_learned, r.error_nearest) for r in results)}
     record(net, {"kind": "quant", "config": config.to_dict(), "layers": specs, "time_cache": time_cache})
-    new.info = {**new.info, "quant": {"scheme": config.scheme, "layers": len(specs),
+    new.card = new.card.with_provenance(quant={"scheme": config.scheme, "layers": len(specs),
                                       "weight_bytes": weight_bytes(net), "fp32_weight_bytes": weight_bytes(fp_net),
-                                      **({"reconstruction": recon} if recon else {})}}
+                                      **({"reconstruction": recon} if recon else {})})
     return new
 
 

@@ -24,12 +24,16 @@ Wide output layout (channels): K*C means, then K logits, then K-1 rates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from itertools import pairwise
 
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, _bcast, to_x0_eps
+from ..updates import _bcast, to_x0_eps
+
+if TYPE_CHECKING:
+    from ..denoiser import Denoiser
 from .common import is_zero
 
 RATE_LIMIT = 10.0  # |g| cap: exp(10) over a unit step is already far outside anything a teacher does
@@ -142,13 +146,13 @@ def split_output(out: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
     return means, logits, rates
 
 
-def wide_output(den: Denoiser, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+def wide_output(den: "Denoiser", x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
     """The net's raw wide output at (x, t) (one NFE)."""
     den.nfe += 1
     return den.net_output(x, torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0]), cond)
 
 
-def policy_at(den: Denoiser, x_rf: Tensor, t: Tensor, cond: Tensor | None) -> MomentumPolicy:
+def policy_at(den: "Denoiser", x_rf: Tensor, t: Tensor, cond: Tensor | None) -> MomentumPolicy:
     """The policy the ArcFlow student ``den`` gives at RF state x_rf, schedule time t (B,) > 0."""
     sched = den.schedule
     t = torch.as_tensor(t, dtype=torch.float64, device=x_rf.device).expand(x_rf.shape[0])
@@ -175,7 +179,7 @@ def sample_arcflow(model, x: Tensor, ts: Tensor, components: int | None = None, 
     clipped to the student's clip_x0 as the other samplers' final x0 is).
     """
     den, cond, guidance = (getattr(model, k, None) for k in ("denoiser", "cond", "guidance"))
-    if not isinstance(den, Denoiser):
+    if den is None or not hasattr(den, "net_output"):
         raise TypeError("sample_arcflow needs the bound student (fewstep.core.solvers.Bound), not a bare x0 function")
     if guidance not in (None, 1, 1.0):
         raise ValueError("an ArcFlow student samples without CFG; distil guidance in (DistillConfig.teacher_guidance)")

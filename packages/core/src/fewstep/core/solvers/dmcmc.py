@@ -135,7 +135,3 @@ def sample_dmcmc(
     """
     chain = dmcmc_chain(model, x, ts, solver, sigma_mcmc, n_mcmc, eta, gibbs_sigma, generator, **solver_opts)
     return next(chain)
-
-
-SOLVERS = {"dmcmc": sample_dmcmc}
-STOCHASTIC = {"dmcmc"}

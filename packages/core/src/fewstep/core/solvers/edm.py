@@ -89,7 +89,3 @@ def sample_edm_sde(
         d2 = (xb_next - model(xb_next * a_s, s)) / sb_s
         x = (xb + (sb_s - sb_hat) * 0.5 * (d + d2)) * a_s  # 2nd order correction.
     return x
-
-
-SOLVERS = {"euler": sample_euler, "edm_sde": sample_edm_sde}
-STOCHASTIC = {"edm_sde"}

@@ -26,9 +26,6 @@ from torch import Tensor
 
 from .common import Model
 from .edm import sigma_bar
-from .first_order import sample_ddim
-from .multistep import sample_dpmpp_2m
-from .second_order import sample_heun
 
 Solver = Callable[..., Tensor]
 
@@ -84,10 +81,3 @@ def time_shift(
     sample_time_shift.__name__ = f"time_shift_{getattr(solver_fn, '__name__', 'solver')}"
     sample_time_shift.__doc__ = f"Time-Shift Sampler (Li et al. 2024) around {sample_time_shift.__name__[11:]}."
     return sample_time_shift
-
-
-SOLVERS: dict[str, Solver] = {
-    "ts_ddim": time_shift(sample_ddim),
-    "ts_heun": time_shift(sample_heun),
-    "ts_dpmpp_2m": time_shift(sample_dpmpp_2m),
-}

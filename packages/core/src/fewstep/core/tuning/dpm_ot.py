@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .grids import make_grid
+from ..solvers import sample
+from ..solvers.grids import make_grid
 
 _CHUNK = 1 << 22  # (rows x targets) scores per block when assigning
 
@@ -164,7 +165,6 @@ def sample_dpm_ot(
     fresh eps from ``generator``. ``renoise=False``: the targets already are latents at t*.
     The OT map costs no network evaluation; NFE is the solver's for ``steps`` steps from t*.
     """
-    from . import sample  # here, not at import time: solvers/__init__ may import this module
 
     schedule = denoiser.schedule
     if not schedule.t_min < t_star <= schedule.t_max:

@@ -1,4 +1,4 @@
-"""Searched time grids: AutoDiffusion's evolutionary search over time-step sequences, and their files.
+"""Searched time grids: AutoDiffusion's evolutionary search over time-step sequences (files: solvers/grid_files).
 
 Li et al. 2023, "AutoDiffusion: Training-Free Optimization of Time Steps and Architectures" (method):
 a candidate is a strictly decreasing sequence t_max = t_0 > t_1 > ... > t_N = t_min with a fixed
@@ -14,23 +14,18 @@ so one search works for VP, VE/EDM and flow schedules alike.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..io import _atomic_write
-from ..schedules import Schedule, schedule_from_dict
-from .grids import make_grid
+from ..schedules import Schedule
+from ..solvers import sample
+from ..solvers.grids import make_grid
 
-GRID_FORMAT = "fewstep-searched-grid"
-GRID_VERSION = 1
 BASELINE_GRIDS = ("uniform", "logsnr", "karras", "quadratic")  # seeds of the initial population
 
 ScoreFn = Callable[[Tensor], float]
@@ -40,7 +35,7 @@ ScoreFn = Callable[[Tensor], float]
 class SearchConfig:
     """AutoDiffusion search settings (Li et al. 2023, evolutionary search)."""
 
-    steps: int  # N intervals, the fixed budget; NFE = N for one-evaluation-per-step solvers
+    num_steps: int  # N intervals, the fixed budget; NFE = N for one-evaluation-per-step solvers
     population: int = 16  # candidates per generation
     iterations: int = 10  # generations after the initial population
     topk: int = 4  # parents kept (elitism) and bred each generation
@@ -49,8 +44,8 @@ class SearchConfig:
     seed: int = 0  # the search's own randomness (mutation, crossover), and a stochastic solver's
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps={self.steps}: a grid needs at least 1 step")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps}: a grid needs at least 1 step")
         if self.population < 2:
             raise ValueError(f"population={self.population}: need at least 2 candidates")
         if not 1 <= self.topk <= self.population:
@@ -155,13 +150,12 @@ def autodiffusion_search(
     named grids seed the population and the best is kept, so the result never scores worse than
     uniform/logSNR/Karras/quadratic on this batch. With ``final_zero`` every candidate ends at
     t = 0 instead of t_min (the last step returns the x0 prediction, as ``denoise_to_zero`` does),
-    so all ``steps`` evaluations are spent on the searched times.
+    so all ``num_steps`` evaluations are spent on the searched times.
     """
     from tqdm.auto import tqdm
 
-    from . import sample  # here, not at import time: solvers/__init__ may import this module
 
-    cfg = config if config is not None else SearchConfig(steps=10)
+    cfg = config if config is not None else SearchConfig(num_steps=10)
     schedule = denoiser.schedule
     lo, hi = schedule.t_min, schedule.t_max
     g = torch.Generator().manual_seed(cfg.seed)
@@ -176,15 +170,15 @@ def autodiffusion_search(
         k = _key(genes)
         if k not in cache:
             gen = torch.Generator().manual_seed(cfg.seed)  # same draws for every candidate (CPU, as solvers draw)
-            x = sample(denoiser, noise, solver, cfg.steps, grid_of(genes), cond, guidance, gen, **solver_opts)
+            x = sample(denoiser, noise, solver, cfg.num_steps, grid_of(genes), cond, guidance, gen, **solver_opts)
             s = float(score_fn(x))
             cache[k] = s if math.isfinite(s) else math.inf
         return cache[k]
 
     # Initial population: the named grids, then random grids in lambda.
-    named = {name: make_grid(schedule, cfg.steps, name)[1:-1] for name in BASELINE_GRIDS}
+    named = {name: make_grid(schedule, cfg.num_steps, name)[1:-1] for name in BASELINE_GRIDS}
     baselines = {name: fitness(genes) for name, genes in named.items()}
-    n_genes = cfg.steps - 1
+    n_genes = cfg.num_steps - 1
     population = list({_key(v): v for v in named.values()}.values())
     tries = 0
     while len(population) < max(cfg.population, len(named)) and n_genes > 0 and tries < 100 * cfg.population:
@@ -194,7 +188,7 @@ def autodiffusion_search(
             population.append(cand)
 
     history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.iterations), desc=f"autodiffusion {solver} N={cfg.steps}", disable=not progress)
+    bar = tqdm(range(cfg.iterations), desc=f"autodiffusion {solver} N={cfg.num_steps}", disable=not progress)
     ranked = sorted(population, key=fitness)
     history.append({"iteration": 0, "best": fitness(ranked[0]), "evaluated": len(cache)})
     for it in bar:
@@ -228,91 +222,10 @@ def autodiffusion_search(
     meta = {
         "schedule": schedule.to_dict(),
         "solver": solver,
-        "steps": cfg.steps,
+        "steps": cfg.num_steps,
         "final_zero": final_zero,
         "score": fitness(best_genes),
         "baselines": baselines,
         "search": {"population": cfg.population, "iterations": cfg.iterations, "topk": cfg.topk, "seed": cfg.seed},
     }
     return SearchResult(grid_of(best_genes), fitness(best_genes), baselines, history, meta)
-
-
-# -- files ---------------------------------------------------------------------------------------
-
-
-class SearchedGridError(ValueError):
-    """A searched-grid file is missing, malformed, or does not fit the schedule it is used with."""
-
-
-def _check_times(times: Any, where: str) -> list[float]:
-    if not isinstance(times, list) or len(times) < 2:
-        raise SearchedGridError(f"{where}: 'times' must be a list of at least 2 numbers")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in times):
-        raise SearchedGridError(f"{where}: 'times' must hold finite numbers only")
-    bad = [i for i in range(len(times) - 1) if not times[i + 1] < times[i]]
-    if bad:
-        i = bad[0]
-        raise SearchedGridError(
-            f"{where}: times must be strictly decreasing, but times[{i}]={times[i]} <= times[{i + 1}]={times[i + 1]}"
-        )
-    return [float(v) for v in times]
-
-
-def save_searched_grid(path: str | os.PathLike, grid: Tensor, meta: dict[str, Any] | None = None) -> Path:
-    """Write a grid as small JSON: times (floats) + metadata (schedule dict, solver, steps, score)."""
-    path = Path(path)
-    times = _check_times(grid.detach().to("cpu", torch.float64).flatten().tolist(), str(path))
-    meta = dict(meta or {})
-    if isinstance(meta.get("schedule"), Schedule):
-        meta["schedule"] = meta["schedule"].to_dict()
-    if "steps" in meta and meta["steps"] != len(times) - 1:
-        raise SearchedGridError(f"{path}: meta steps={meta['steps']} but the grid has {len(times) - 1} steps")
-    doc = {**meta, "format": GRID_FORMAT, "version": GRID_VERSION, "times": times, "steps": len(times) - 1}
-    try:
-        text = json.dumps(doc, indent=2, sort_keys=True)
-    except TypeError as e:
-        raise TypeError(f"meta must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from None
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    return path
-
-
-def load_searched_grid(path: str | os.PathLike, schedule: Schedule | None = None) -> tuple[Tensor, dict[str, Any]]:
-    """Read and validate a grid file -> (times (N + 1,) float64 descending, metadata).
-
-    If ``schedule`` is given and the file records one, they must match; times must lie in
-    [t_min, t_max] of the recorded (or given) schedule, except a final 0.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: searched-grid file not found")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SearchedGridError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != GRID_FORMAT:
-        raise SearchedGridError(f"{path}: not a fewstep searched-grid file (missing format={GRID_FORMAT!r})")
-    if not isinstance(doc.get("version"), int) or doc["version"] > GRID_VERSION:
-        raise SearchedGridError(f"{path}: version {doc.get('version')!r} is not readable by this fewstep")
-    times = _check_times(doc.get("times"), str(path))
-    if doc.get("steps", len(times) - 1) != len(times) - 1:
-        raise SearchedGridError(f"{path}: steps={doc['steps']} but 'times' holds {len(times) - 1} steps")
-    recorded = None
-    if doc.get("schedule") is not None:
-        try:
-            recorded = schedule_from_dict(doc["schedule"])
-        except (ValueError, TypeError) as e:
-            raise SearchedGridError(f"{path}: bad schedule record ({e})") from None
-    if schedule is not None and recorded is not None and schedule.to_dict() != recorded.to_dict():
-        raise SearchedGridError(
-            f"{path}: searched for schedule {recorded.to_dict()} but used with {schedule.to_dict()}; search again"
-        )
-    ref = schedule if schedule is not None else recorded
-    if ref is not None:
-        tol = 1e-9 * max(1.0, abs(ref.t_max))
-        body = times[:-1] if times[-1] == 0.0 else times  # a final 0 (denoise to zero) is allowed
-        if body[0] > ref.t_max + tol or body[-1] < ref.t_min - tol:
-            raise SearchedGridError(
-                f"{path}: times span [{times[-1]}, {times[0]}], outside the schedule's [{ref.t_min}, {ref.t_max}]"
-            )
-    meta = {k: v for k, v in doc.items() if k not in ("format", "version", "times")}
-    return torch.tensor(times, dtype=torch.float64), meta

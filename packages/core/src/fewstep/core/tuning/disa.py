@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..solvers import sample
+
 KINDS = ("linear", "cosine")
 
 
@@ -80,6 +82,5 @@ def sample_head(
     **solver_opts,
 ) -> Tensor:
     """Sample the token(s) of autoregressive step k with the diffusion head at DiSA's step count."""
-    from . import sample  # here, not at import time: solvers/__init__ may import this module
 
     return sample(denoiser, noise, solver, schedule.steps(k, K), grid, cond, guidance, generator, **solver_opts)

@@ -1,0 +1,205 @@
+"""``run_experiment``: one distillation objective on one registered task, written up as one report.
+
+It distils the task's teacher with the objective (``fewstep.core.distill``), samples the student
+with its own rule, the teacher at the student's NFE and the teacher at its default sampler (plus
+the task's real-data floor when it has one), scores every row with ``task.evaluate`` (each figure
+with its 95% bootstrap interval), states the student's verdict against each teacher row (better /
+worse / not distinguishable at 95%), and writes ``out/report.md``, ``out/metrics.json``,
+``out/samples.png`` (the task's picture) and ``out/metrics.png`` (figures with their intervals).
+No method is ever handed the task's evaluation network (no reward is passed to ``distill``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .tasks import LEVEL, Metric, Samples, Task, compare, get_task
+
+ROWS = ("student", "teacher_same_nfe", "teacher_default", "real")
+VERSUS = ("teacher_same_nfe", "teacher_default")  # rows the student gets a verdict against
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One run: ``method`` (a ``fewstep.core.distill`` objective) on ``task`` (a registered Task)."""
+
+    task: str
+    method: str
+    student_steps: int = 1
+    iterations: int | None = None  # training iterations; None: the task's budget
+    n: int | None = None  # evaluation samples per row; None: the task's default_n
+    seed: int = 0
+    batch_size: int | None = None  # None: the task's budget
+    progress: bool = True
+
+    def __post_init__(self):
+        from .distill import methods
+
+        if self.method not in methods():
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(methods())}")
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps={self.student_steps}: a student needs at least 1 sampling step")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations={self.iterations}: train for at least 1 iteration")
+        if self.n is not None and self.n < 2:
+            raise ValueError(f"n={self.n}: an interval needs at least 2 evaluation samples")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        task = get_task(self.task)  # a clear error for an unknown task, before any work
+        if self.n is not None and self.n < task.min_n:
+            raise ValueError(f"n={self.n}: task {task.name} needs at least {task.min_n} evaluation samples")
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    report: Path
+    metrics_json: Path
+    picture: Path
+    plot: Path
+    summary: dict  # what metrics.json holds
+
+
+# -- the one place that builds train/distill configs --------------------------------------------
+def _distill(task: Task, teacher, cfg: ExperimentConfig, out: Path):
+    from .distill import DistillConfig, distill, make_objective
+    from .train import TrainConfig
+
+    objective = make_objective(cfg.method)
+    b = task.budget
+    iterations = cfg.iterations or b.iterations
+    train = TrainConfig(iterations=iterations, batch_size=cfg.batch_size or b.batch_size, lr=b.lr,
+                        warmup_iterations=min(b.warmup_iterations, iterations), ema_decay=b.ema_decay,
+                        ckpt_every=max(1, min(100, iterations)), seed=cfg.seed, progress=cfg.progress)
+    traj = task.trajectories()
+    dcfg = DistillConfig(student_steps=cfg.student_steps, train=train, **({"trajectories": traj} if traj is not None else {}))
+    data = task.distill_data(objective.data, cfg.seed)
+    work = out / "work" / f"{cfg.method}-{cfg.student_steps}step-seed{cfg.seed}"  # resumes a run of the same kind
+    res = distill(teacher, objective, dcfg, out / "student", data=data, work_dir=work,
+                  card={"task": task.name}, progress=cfg.progress)
+    return objective, res, iterations, train.batch_size
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, log=print) -> ExperimentResult:
+    """Distil, sample, evaluate and write ``out/report.md`` + ``out/metrics.json`` + pictures."""
+    task = get_task(cfg.task)
+    n = cfg.n or task.default_n
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{cfg.method} on {task.name}: distilling a {cfg.student_steps}-step student")
+    teacher = task.teacher()
+    objective, res, iterations, batch = _distill(task, teacher, cfg, out)
+    teacher.eval()  # the train loop left it in train mode (label dropout would corrupt its samples)
+    bar = tqdm(total=len(ROWS), desc="evaluate", disable=not cfg.progress, leave=False)
+    samples: dict[str, Samples] = {}
+    metrics: dict[str, dict[str, Metric]] = {}
+
+    def add(key: str, s: Samples | None) -> None:
+        if s is not None:
+            samples[key], metrics[key] = s, task.evaluate(s, cfg.seed)
+        bar.update(1)
+
+    add("student", task.generate(res.student, task.student_rule(cfg.student_steps), n, cfg.seed, cfg.progress))
+    nfe = max(1, round(samples["student"].nfe))
+    add("teacher_same_nfe", task.generate(teacher, task.rule_at(nfe), n, cfg.seed, cfg.progress))
+    add("teacher_default", task.generate(teacher, task.default_rule(), n, cfg.seed, cfg.progress))
+    add("real", task.reference(n, cfg.seed))
+    bar.close()
+
+    labels = _labels(cfg, nfe)
+    verdicts = {v: {k: compare(m, metrics[v][k]) for k, m in metrics["student"].items()} for v in VERSUS}
+    summary = {
+        "task": task.name, "modality": task.modality, "method": cfg.method, "paper": getattr(objective, "paper", ""),
+        "student_steps": cfg.student_steps, "iterations": iterations, "batch_size": batch, "n": n, "seed": cfg.seed,
+        "level": LEVEL, "primary": task.primary, "train_seconds": round(res.seconds, 1),
+        "rows": {k: {"label": labels[k], "rule": s.rule, "nfe": s.nfe, "seconds_per_sample": s.seconds_per_sample,
+                     "n": s.n, "metrics": {m: v.to_dict() for m, v in metrics[k].items()}} for k, s in samples.items()},
+        "verdicts": verdicts,
+    }
+    picture = task.picture({labels[k]: s for k, s in samples.items()}, out / "samples.png")
+    plot = _plot(summary, out / "metrics.png")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = out / "report.md"
+    report.write_text(_report(task, summary, picture.name, plot.name))
+    log(f"{cfg.method} {cfg.student_steps}-step student on {task.name}: {task.primary} "
+        f"{metrics['student'][task.primary].format()} vs teacher at {nfe} NFE {metrics['teacher_same_nfe'][task.primary].format()} "
+        f"({verdicts['teacher_same_nfe'][task.primary]}); wrote {report}")
+    return ExperimentResult(report, out / "metrics.json", picture, plot, summary)
+
+
+def _labels(cfg: ExperimentConfig, nfe: int) -> dict[str, str]:
+    return {
+        "student": f"student ({cfg.method}, {cfg.student_steps} step{'s' * (cfg.student_steps > 1)})",
+        "teacher_same_nfe": f"teacher at {nfe} NFE",
+        "teacher_default": "teacher, default sampler",
+        "real": "real data (floor)",
+    }
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def _arrow(m: dict) -> str:
+    return "↑" if m["higher_is_better"] else "↓"
+
+
+def _report(task: Task, s: dict, picture: str, plot: str) -> str:
+    rows = s["rows"]
+    names = list(rows["student"]["metrics"])
+    head = "| row | sampler | NFE | " + " | ".join(f"{m} {_arrow(rows['student']['metrics'][m])}" for m in names) + " | s / sample |"
+    lines = [head, "|" + "---|" * (len(names) + 4)]
+    for r in rows.values():
+        figs = " | ".join(Metric.from_dict(r["metrics"][m]).format() for m in names)
+        nfe = f"{r['nfe']:.0f}" if r["nfe"] else "–"
+        lines.append(f"| {r['label']} | {r['rule']} | {nfe} | {figs} | {r['seconds_per_sample'] * 1e3:.2f} ms |")
+    verdict = ["| metric | " + " | ".join(f"student vs {rows[v]['label']}" for v in VERSUS) + " |", "|---|---|---|"]
+    verdict += [f"| {m} | " + " | ".join(s["verdicts"][v][m] for v in VERSUS) + " |" for m in names]
+    p, st = s["primary"], rows["student"]["metrics"][s["primary"]]
+    return "\n".join([
+        f"# {s['method']} on {task.name}: a {s['student_steps']}-step student", "",
+        (f"Task **{task.name}** ({task.modality}): {task.description}. Sample shape {tuple(task.sample_shape)}, "
+         f"conditioning: {task.conditioning}."),
+        f"Method **{s['method']}**" + (f" ({s['paper']})" if s["paper"] else "") + f": {s['iterations']} training "
+        f"iterations at batch {s['batch_size']}, {s['train_seconds']:.0f} s; seed {s['seed']}.", "",
+        (f"Each row is scored on n = {s['n']} samples; every figure is shown with its {s['level']:.0%} interval "
+         "(standard-error bootstrap over the samples). NFE is network evaluations per sample."), "",
+        *lines, "",
+        f"Headline: the student's {p} is {Metric.from_dict(st).format()}: "
+        + "; ".join(f"{s['verdicts'][v][p]} than {rows[v]['label']}".replace("not distinguishable than", "not distinguishable from")
+                    for v in VERSUS) + f" (at {s['level']:.0%}).", "",
+        f"Verdicts at {s['level']:.0%} (two-sided z-test on the difference of the bootstrap estimates):", "",
+        *verdict, "",
+        f"![samples]({picture})", "",
+        f"Samples, top to bottom: {', '.join(r['label'] for r in rows.values())}.", "",
+        f"![metrics]({plot})", "",
+        "Reproduce: `fewstep experiment --task {} --method {} --student-steps {} --iterations {} --n {} --seed {} --out OUT`".format(
+            task.name, s["method"], s["student_steps"], s["iterations"], s["n"], s["seed"]), "",
+    ])
+
+
+def _plot(s: dict, path: Path) -> Path:
+    """One panel per metric: each row's value with its interval as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = s["rows"]
+    names = list(rows["student"]["metrics"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], names):
+        keys = [k for k in rows if m in rows[k]["metrics"]]
+        v = [rows[k]["metrics"][m] for k in keys]
+        y = [d["value"] for d in v]
+        err = [[d["value"] - d["low"] for d in v], [d["high"] - d["value"] for d in v]]
+        ax.errorbar(range(len(keys)), y, yerr=err, fmt="o", capsize=4)
+        ax.set_xticks(range(len(keys)), [rows[k]["label"] for k in keys], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{m} {_arrow(v[0])}", fontsize=9)
+    fig.suptitle(f"{s['method']} on {s['task']} ({s['level']:.0%} intervals, n = {s['n']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,67 @@
+"""One tiny experiment per registered task (2 iterations, the task's smallest n, CPU), and the CLI."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fewstep.core.cli import app
+from fewstep.core.experiment import ExperimentConfig, run_experiment
+from fewstep.core.tasks import TASKS, Metric
+
+
+def _check_run(out, summary, task):
+    for name in ("report.md", "metrics.json", "samples.png", "metrics.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    rows = saved["rows"]
+    assert {"student", "teacher_same_nfe", "teacher_default"} <= set(rows)
+    assert rows["student"]["nfe"] == rows["teacher_same_nfe"]["nfe"] == 1
+    assert rows["teacher_default"]["nfe"] > 1
+    for row in rows.values():
+        assert task.primary in row["metrics"]
+        for m in row["metrics"].values():
+            m = Metric.from_dict(m)  # validates low <= value <= high
+            assert m.n == saved["n"] and m.se >= 0
+        assert row["metrics"][task.primary]["high"] > row["metrics"][task.primary]["low"]
+    for versus in ("teacher_same_nfe", "teacher_default"):
+        assert saved["verdicts"][versus][task.primary] in ("better", "worse", "not distinguishable")
+    report = (out / "report.md").read_text()
+    assert "teacher at 1 NFE" in report and "teacher, default sampler" in report and "![samples](samples.png)" in report
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_tiny_experiment_writes_report_metrics_and_pictures(name, tmp_path, one_thread):
+    task = TASKS[name]
+    cfg = ExperimentConfig(name, "pd", student_steps=1, iterations=2, n=task.min_n, batch_size=8, progress=False)
+    res = run_experiment(cfg, tmp_path / name, log=lambda _: None)
+    _check_run(tmp_path / name, res.summary, task)
+    assert res.summary["iterations"] == 2 and res.summary["method"] == "pd"
+
+
+def test_cli_lists_tasks_and_runs_an_experiment(tmp_path, one_thread):
+    r = CliRunner().invoke(app, ["tasks"])
+    assert r.exit_code == 0, r.output
+    first = [line.split()[0] for line in r.output.strip().splitlines()]
+    assert {"digits", "shapes", "seasonal"} <= set(first)
+    out = tmp_path / "x"
+    r = CliRunner().invoke(app, ["experiment", "--task", "digits", "--method", "cd", "--student-steps", "1",
+                                 "--iterations", "2", "--n", "20", "--batch-size", "8", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout[r.stdout.index("{"):])
+    assert printed["method"] == "cd" and printed["n"] == 20
+    _check_run(out, printed, TASKS["digits"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "nope", "--method", "pd"], "unknown task 'nope'"),
+    (["--task", "digits", "--method", "nope"], "unknown method 'nope'"),
+    (["--task", "digits", "--method", "pd", "--student-steps", "0"], "at least 1 sampling step"),
+    (["--task", "digits", "--method", "pd", "--n", "1"], "at least 2"),
+])
+def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
+    r = CliRunner().invoke(app, ["experiment", *args, "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+    assert r.output.strip().count("\n") == 0
