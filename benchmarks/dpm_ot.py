@@ -118,7 +118,7 @@ def main() -> None:
     def run_ot(steps, t_star):
         den.reset_counters()
         t = time.perf_counter()
-        x = sample_dpm_ot(den, noise, ot, t_star, steps=steps, solver="dpmpp_2m", grid=ot_grid(sch, t_star, steps),
+        x = sample_dpm_ot(den, noise, ot, t_star, num_steps=steps, solver="dpmpp_2m", grid=ot_grid(sch, t_star, steps),
                           generator=torch.Generator().manual_seed(args.seed + 100), denoise_to_zero=True)
         return x, den.nfe, time.perf_counter() - t
 

@@ -12,7 +12,7 @@ from fewstep.timeseries.model import tsdiff_config
 
 @pytest.fixture(scope="module")
 def student(shipped, seasonal, tmp_path_factory):
-    return distill_tsdiff(shipped, seasonal.train, tmp_path_factory.mktemp("pd") / "pd4", method="pd", steps=4, iters=120,
+    return distill_tsdiff(shipped, seasonal.train, tmp_path_factory.mktemp("pd") / "pd4", method="pd", student_steps=4, iterations=120,
                           batch_size=32, windows=512, progress=False)
 
 
@@ -41,4 +41,4 @@ def test_student_carries_the_window_and_forecasts_at_its_own_nfe(shipped, studen
 
 def test_methods_without_data_windows_are_refused(shipped, seasonal, tmp_path):
     with pytest.raises(ValueError, match="time features"):
-        distill_tsdiff(shipped, seasonal.train, tmp_path / "r", method="reflow", iters=1)
+        distill_tsdiff(shipped, seasonal.train, tmp_path / "r", method="reflow", iterations=1)

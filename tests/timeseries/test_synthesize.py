@@ -12,7 +12,7 @@ def _autocorr(v, lag):
 
 
 def test_unconditional_samples_are_seasonal(shipped, seasonal):
-    syn = synthesize(shipped, 48, solver="ddim", steps=20, seed=0)[:, 0]
+    syn = synthesize(shipped, 48, solver="ddim", num_steps=20, seed=0)[:, 0]
     real, _ = training_windows(tsdiff_config(shipped), seasonal.train, 48)
     assert syn.shape == (48, 72) and torch.isfinite(syn).all()
     # Daily period: in phase a day apart, out of phase half a day apart, like the real windows.
@@ -21,6 +21,6 @@ def test_unconditional_samples_are_seasonal(shipped, seasonal):
 
 
 def test_linear_predictive_score(shipped, seasonal):
-    lps = linear_predictive_score(shipped, seasonal, n=256, solver="ddim", steps=20)
+    lps = linear_predictive_score(shipped, seasonal, n=256, solver="ddim", num_steps=20)
     syn, real = lps["synthetic"]["CRPS"], lps["real"]["CRPS"]
     assert 0 < real and 0 < syn < 2 * real, lps

@@ -76,7 +76,7 @@ def test_dpm_ot_has_less_mode_mixing_than_plain_solver_at_same_nfe(setup, solver
     plain = sample(den, z, solver, steps, "logsnr")
     nfe_plain = den.nfe
     den.reset_counters()
-    ours = sample_dpm_ot(den, z, ot, t_star=0.5, steps=steps, solver=solver, generator=torch.Generator().manual_seed(6))
+    ours = sample_dpm_ot(den, z, ot, t_star=0.5, num_steps=steps, solver=solver, generator=torch.Generator().manual_seed(6))
     assert den.nfe == nfe_plain == steps
     mix_plain, mix_ot = mode_mixing(plain), mode_mixing(ours)
     # Measured at 3 NFE: dpmpp_2m 0.556 -> 0.0075; ddim 0.847 -> 0.091 (plain at 20 NFE: 0.004, 0.02).
@@ -95,10 +95,10 @@ def test_dpm_ot_on_noised_latents_and_explicit_grid(setup):
     ot = fit_ot_map(latents, iters=100, n_mc=2048)  # keyword overrides of OTConfig
     z = torch.randn(256, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     grid = torch.tensor([t_star, 0.1, sch.t_min], dtype=torch.float64)
-    x = sample_dpm_ot(den, z, ot, t_star, steps=2, solver="dpmpp_2m", grid=grid, renoise=False)
+    x = sample_dpm_ot(den, z, ot, t_star, num_steps=2, solver="dpmpp_2m", grid=grid, renoise=False)
     assert x.shape == z.shape and mode_mixing(x) < 0.1
     with pytest.raises(ValueError, match="start at t_star"):
-        sample_dpm_ot(den, z, ot, 0.5, steps=2, grid=grid)
+        sample_dpm_ot(den, z, ot, 0.5, num_steps=2, grid=grid)
 
 
 def test_dpm_ot_validates_inputs(setup):

@@ -135,7 +135,7 @@ def distill_cmd(
     from .distill import parse_options, run_distill
 
     name = {"digits": "digits-teacher", "shapes": "shapes-teacher"}.get(teacher, teacher)
-    run_distill(method, name, steps, out, iters=iters, batch_size=batch_size, lr=lr, options=parse_options(option),
+    run_distill(method, name, steps, out, iterations=iters, batch_size=batch_size, lr=lr, options=parse_options(option),
                 work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo, trajectories=trajectories, reward=reward)
     typer.echo(f"saved {out}.safetensors, {out}.json and {out}.report.json")
 

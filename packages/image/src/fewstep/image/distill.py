@@ -1,6 +1,6 @@
 """Distil a shipped (or saved) image teacher into a few-step student and report what it costs.
 
-``run_distill("cd", "digits-teacher", steps=4, out="runs/cd4")`` trains with the core's objective
+``run_distill("cd", "digits-teacher", student_steps=4, out="runs/cd4")`` trains with the core's objective
 on the teacher's dataset, evaluates the student with its own sampling rule (dFD, accuracy, recall,
 NFE, time per sample) beside the teacher at the same NFE, and writes ``out.report.json``.
 """
@@ -42,9 +42,9 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 def run_distill(
     method: str,
     teacher: str | os.PathLike = "digits-teacher",
-    steps: int = 4,
+    student_steps: int = 4,
     out: str | os.PathLike = "runs/student",
-    iters: int | None = None,
+    iterations: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
     options: dict[str, Any] | None = None,
@@ -66,11 +66,11 @@ def run_distill(
     dataset = dataset_of(den)
     objective = make_objective(method, **(options or {}))
     train_cfg = replace(BUDGET, seed=seed, progress=progress,
-                        **{k: v for k, v in {"iterations": iters, "batch_size": batch_size, "lr": lr}.items() if v is not None})
+                        **{k: v for k, v in {"iterations": iterations, "batch_size": batch_size, "lr": lr}.items() if v is not None})
     traj = TRAJECTORIES.get(dataset, TrajectoryConfig())
     if trajectories is not None:
         traj = replace(traj, n=trajectories, batch_size=min(traj.batch_size, trajectories))
-    cfg = DistillConfig(student_steps=steps, train=train_cfg, trajectories=traj)
+    cfg = DistillConfig(student_steps=student_steps, train=train_cfg, trajectories=traj)
     data = load_dataset(dataset, "train") if objective.data == "real" else None
     if reward == "classifier":
         from .rewards import classifier_reward
@@ -78,16 +78,16 @@ def run_distill(
         reward = classifier_reward(dataset)
     elif isinstance(reward, str):
         raise ValueError(f"reward={reward!r}: give a callable (x, cond) -> (B,) or 'classifier'")
-    log(f"distilling {teacher} with {method} into a {steps}-step student ({train_cfg.iterations} iterations, batch {train_cfg.batch_size})")
+    log(f"distilling {teacher} with {method} into a {student_steps}-step student ({train_cfg.iterations} iterations, batch {train_cfg.batch_size})")
     res = distill(den, objective, cfg, out, data=data, work_dir=work_dir, card={"teacher": str(teacher)}, progress=progress,
                   reward=reward)
     student = res.student
     q = evaluate_denoiser(student, EvalConfig(n=eval_n, seed=seed))
-    base = evaluate_denoiser(den, EvalConfig(solver="dpmpp_2m", num_steps=steps, n=eval_n, seed=seed, denoise_to_zero=True))
+    base = evaluate_denoiser(den, EvalConfig(solver="dpmpp_2m", num_steps=student_steps, n=eval_n, seed=seed, denoise_to_zero=True))
     report = {
         "method": method,
         "teacher": str(teacher),
-        "student_steps": steps,
+        "student_steps": student_steps,
         "student": _quality(q),
         "teacher_same_nfe": _quality(base),
         "train_seconds": round(res.seconds, 1),
@@ -101,9 +101,9 @@ def run_distill(
     }
     Path(f"{out}.report.json").write_text(json.dumps(report, indent=2))
     log(
-        f"{method} {steps}-step student: dFD {q['dfd']:.3f} | accuracy {q['accuracy']:.3f} | recall {q['recall']:.3f} | "
+        f"{method} {student_steps}-step student: dFD {q['dfd']:.3f} | accuracy {q['accuracy']:.3f} | recall {q['recall']:.3f} | "
         f"NFE {q['nfe']:.0f} | {q['seconds_per_sample'] * 1e3:.2f} ms/sample | trained {res.seconds:.0f} s; "
-        f"teacher (dpmpp_2m) at {steps} NFE: dFD {base['dfd']:.3f}"
+        f"teacher (dpmpp_2m) at {student_steps} NFE: dFD {base['dfd']:.3f}"
     )
     return report
 

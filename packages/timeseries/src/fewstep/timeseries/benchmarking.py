@@ -67,7 +67,7 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
     student_seconds = {}
     for method, k in students:  # a few-step student distilled from this teacher by the core's objective
         t0 = time.perf_counter()
-        student = distill_tsdiff(den, data.train, run_dir / f"student-{method}{k}", method, k, iters=student_iters,
+        student = distill_tsdiff(den, data.train, run_dir / f"student-{method}{k}", method, k, iterations=student_iters,
                                  seed=seed, progress=progress)
         student_seconds[f"{method}{k}"] = time.perf_counter() - t0
         s = default_scale(k)

@@ -98,7 +98,7 @@ def distill(
 
     den, cfg = _model(model, None)
     data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, windows, timestamp_column)
-    student = distill_tsdiff(den, data.train, out, method=method, steps=steps, iters=iters, seed=seed)
+    student = distill_tsdiff(den, data.train, out, method=method, student_steps=steps, iterations=iters, seed=seed)
     typer.echo(f"distilled a {student.card.student_steps}-step {method} student; wrote {out}.safetensors and {out}.json "
                f"(guidance scale for {steps} steps: `--scale` defaults to the step-count rule)")
 

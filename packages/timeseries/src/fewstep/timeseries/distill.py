@@ -31,8 +31,8 @@ def distill_tsdiff(
     train_data: Dataset,
     out: str | os.PathLike,
     method: str = "pd",
-    steps: int = 4,
-    iters: int = 600,
+    student_steps: int = 4,
+    iterations: int = 600,
     batch_size: int = 64,
     lr: float = 2e-4,
     windows: int = 4096,
@@ -40,7 +40,7 @@ def distill_tsdiff(
     seed: int = 0,
     progress: bool = True,
 ) -> Denoiser:
-    """Distil ``teacher`` into a ``steps``-step student with ``method``; saves ``out`` (+ card), resumes
+    """Distil ``teacher`` into a ``student_steps``-step student with ``method``; saves ``out`` (+ card), resumes
     from ``out.work`` if interrupted, and returns the student (eval mode)."""
     cfg = tsdiff_config(teacher)
     objective = make_objective(method, **(options or {}))
@@ -50,10 +50,10 @@ def distill_tsdiff(
             f"methods trained on real windows see. Use one of: {', '.join(TESTED)} (or another real-data method)"
         )
     x, cond = training_windows(cfg, train_data, windows, seed)
-    train = TrainConfig(iterations=iters, batch_size=batch_size, lr=lr, warmup_iterations=min(50, iters), ema_decay=0.995,
-                        ckpt_every=max(1, iters // 4), seed=seed, progress=progress)
+    train = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, warmup_iterations=min(50, iterations), ema_decay=0.995,
+                        ckpt_every=max(1, iterations // 4), seed=seed, progress=progress)
     out = Path(out)
-    res = distill(teacher.eval(), objective, DistillConfig(student_steps=steps, train=train), out, data=(x, cond),
+    res = distill(teacher.eval(), objective, DistillConfig(student_steps=student_steps, train=train), out, data=(x, cond),
                   work_dir=out.with_name(out.name + ".work"), card={"teacher_tsdiff": cfg.to_dict()}, progress=progress)
     student = res.student.eval()
     tsdiff_config(student)  # the window settings ride along from the teacher's info

@@ -29,11 +29,11 @@ from .model import tsdiff_config
 
 
 @torch.no_grad()
-def synthesize(den: Denoiser, n: int, solver: str = "ddpm", steps: int | None = None, grid: str = "uniform",
+def synthesize(den: Denoiser, n: int, solver: str = "ddpm", num_steps: int | None = None, grid: str = "uniform",
                seed: int = 0, batch: int = 512) -> torch.Tensor:
     """``n`` unconditional windows (n, C, L) in the model's scaled units; channel 0 is the target."""
     gen = torch.Generator().manual_seed(seed)
-    steps = steps or getattr(den, "steps", None) or 100
+    steps = num_steps or den.card.student_steps or 100
     out = []
     for i in range(0, n, batch):
         noise = torch.randn((min(batch, n - i), *den.sample_shape), generator=gen)
@@ -72,10 +72,10 @@ class LinearPredictor(Predictor):
 
 
 def linear_predictive_score(den: Denoiser, data: SeriesData, n: int = 1000, solver: str = "ddpm",
-                            steps: int | None = None, seed: int = 0, progress: bool = False) -> dict:
+                            num_steps: int | None = None, seed: int = 0, progress: bool = False) -> dict:
     """LPS: CRPS on real test data of a linear model fit to ``n`` synthetic windows, beside one fit to real windows."""
     cfg = tsdiff_config(den)
-    synthetic = synthesize(den, n, solver=solver, steps=steps, seed=seed)[:, 0]
+    synthetic = synthesize(den, n, solver=solver, num_steps=num_steps, seed=seed)[:, 0]
     real, _ = training_windows(cfg, data.train, n, seed)
     syn = metrics_only(evaluate(LinearPredictor(fit_linear(synthetic, cfg), cfg), data, 1, progress, "lps"))
     ref = metrics_only(evaluate(LinearPredictor(fit_linear(real[:, 0], cfg), cfg), data, 1, progress, "lps-real"))

@@ -150,7 +150,7 @@ def sample_dpm_ot(
     noise: Tensor,
     ot_map: SemiDiscreteOT,
     t_star: float,
-    steps: int = 3,
+    num_steps: int = 3,
     solver: str = "dpmpp_2m",
     grid: str | Tensor = "logsnr",
     cond: Tensor | None = None,
@@ -159,17 +159,17 @@ def sample_dpm_ot(
     renoise: bool = True,
     **solver_opts,
 ) -> Tensor:
-    """DPM-OT sampling (Li et al. 2023): OT expressway to x_t*, then ``steps`` solver steps.
+    """DPM-OT sampling (Li et al. 2023): OT expressway to x_t*, then ``num_steps`` solver steps.
 
     ``renoise=True``: the targets are clean data y, and x_t* = alpha(t*) T(z) + sigma(t*) eps with
     fresh eps from ``generator``. ``renoise=False``: the targets already are latents at t*.
-    The OT map costs no network evaluation; NFE is the solver's for ``steps`` steps from t*.
+    The OT map costs no network evaluation; NFE is the solver's for ``num_steps`` steps from t*.
     """
 
     schedule = denoiser.schedule
     if not schedule.t_min < t_star <= schedule.t_max:
         raise ValueError(f"t_star={t_star} must lie in (t_min, t_max] = ({schedule.t_min}, {schedule.t_max}]")
-    ts = make_grid(_StartAt(schedule, float(t_star)), steps, grid)
+    ts = make_grid(_StartAt(schedule, float(t_star)), num_steps, grid)
     if abs(float(ts[0]) - t_star) > 1e-9 * max(1.0, t_star):
         raise ValueError(f"an explicit grid must start at t_star={t_star}, got {float(ts[0])}")
     # Expressway: noise -> its OT target -> the matching noise level at t*.
@@ -181,4 +181,4 @@ def sample_dpm_ot(
         x = y
     # ``sample`` starts from x_T * sigma(ts[0]); hand it x_t* / sigma(t*).
     x_unit = x / schedule.sigma(ts[0]).to(noise.dtype)
-    return sample(denoiser, x_unit, solver, steps, ts, cond, guidance, generator, **solver_opts)
+    return sample(denoiser, x_unit, solver, num_steps, ts, cond, guidance, generator, **solver_opts)
