@@ -6,7 +6,8 @@ import torch
 from fewstep.core.card import ModelCard
 from fewstep.core.checkpoints import load_denoiser, save_denoiser
 from fewstep.core.denoiser import Denoiser
-from fewstep.core.io import CheckpointError, load_weights, save_weights
+from fewstep.core.checkpoints import denoiser_card
+from fewstep.core.io import CheckpointError, CheckpointWarning, load_weights, read_card, save_weights
 from fewstep.core.nets import UNet, UNetConfig
 from fewstep.core.schedules import VPDiscrete
 
@@ -63,20 +64,55 @@ def test_garbage_file_with_a_matching_card_is_not_safetensors(tmp_path):
         load_weights(tmp_path / "g")
 
 
+def _old_format(path, tensors, card):
+    """A checkpoint as fewstep wrote them before the card moved into the weights' header (the
+    shipped models still are): plain safetensors and a JSON card holding the file's size and hash."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    w = path.with_name(path.name + ".safetensors")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, w)
+    full = {**card, "format": "fewstep-checkpoint", "version": 1, "weights_bytes": w.stat().st_size,
+            "weights_sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
+    path.with_name(path.name + ".json").write_text(json.dumps(full))
+
+
 def test_missing_and_broken_cards(tmp_path):
     with pytest.raises(CheckpointError, match="card file not found"):
         load_denoiser(tmp_path / "nothing")
-    save_denoiser(_den(), tmp_path / "m")
-    (tmp_path / "m.json").write_text("{not json")
+    den = _den()
+    save_denoiser(den, tmp_path / "m")
+    (tmp_path / "m.json").write_text("{not json")  # the JSON copy is damaged: the card inside the weights is used
+    with pytest.warns(CheckpointWarning, match="unreadable"):
+        assert load_denoiser(tmp_path / "m").prediction == "v"
+    (tmp_path / "m.json").unlink()
+    with pytest.warns(CheckpointWarning, match="missing"):
+        assert read_card(tmp_path / "m")["kind"] == "denoiser"
+    _old_format(tmp_path / "old", den.net.state_dict(), denoiser_card(den))
+    assert load_denoiser(tmp_path / "old").prediction == "v"  # checkpoints from before still load
+    (tmp_path / "old.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_denoiser(tmp_path / "m")
+        load_denoiser(tmp_path / "old")
+    (tmp_path / "old.json").unlink()
+    with pytest.raises(CheckpointError, match="cannot be told"):
+        load_denoiser(tmp_path / "old")
+
+
+def test_an_edited_json_copy_is_reported_and_ignored(tmp_path):
+    save_denoiser(_den(), tmp_path / "m")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["net"]["config"]["channels"] = 10**9  # an absurd width: it must not reach the allocator
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.warns(CheckpointWarning, match="was edited"):
+        assert load_denoiser(tmp_path / "m").net.config.channels == 8
 
 
 def test_mismatched_weights_and_schedule(tmp_path):
-    save_denoiser(_den(), tmp_path / "m")
-    card = json.loads((tmp_path / "m.json").read_text())
-    card["net"]["config"]["channels"] = 16  # the card now describes a different net
-    (tmp_path / "m.json").write_text(json.dumps(card))
+    den = _den()
+    card = denoiser_card(den)
+    card["net"]["config"]["channels"] = 16  # the card describes a different net than the weights
+    save_weights(tmp_path / "m", den.net.state_dict(), card)
     with pytest.raises(CheckpointError, match="do not fit this model"):
         load_denoiser(tmp_path / "m")
     save_denoiser(_den(), tmp_path / "ok")

@@ -23,7 +23,7 @@ def test_method_trains_and_samples_on_cuda(method, tmp_path):
     teacher = load_model("digits-teacher", device="cuda")
     objective = make_objective(method)
     steps = 4 if method in ("pd", "guided-pd", "mlcm") else 1
-    cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=2, batch_size=8, lr=1e-5, warmup_iterations=1, ckpt_every=1, progress=False),
+    cfg = DistillConfig(student_steps=steps, train=TrainConfig(iterations=2, batch_size=8, lr=1e-5, warmup_iterations=1, save_every=1, progress=False),
                         trajectories=TrajectoryConfig(n=16, num_steps=4, batch_size=16))
     data = load_dataset("digits", "train") if objective.data == "real" else None
     res = distill(teacher, objective, cfg, tmp_path / method, data=data, work_dir=tmp_path / "work")

@@ -24,7 +24,7 @@ teacher = tiny_unet_denoiser(seed=0)
 teacher.card = ModelCard(provenance={"dataset": "toy"})
 g = torch.Generator().manual_seed(0)
 x, y = torch.randn(32, 1, 8, 8, generator=g).clamp(-1, 1), torch.randint(0, 3, (32,), generator=g)
-cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=4, batch_size=8, lr=1e-3, warmup_iterations=1, ckpt_every=2, progress=False,
+cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=4, batch_size=8, lr=1e-3, warmup_iterations=1, save_every=2, progress=False,
                                                          strategy=strategy))
 res = distill(teacher, make_objective(method), cfg, out / "student", data=(x, y), work_dir=out / "work", progress=False)
 rank = dist.get_rank()

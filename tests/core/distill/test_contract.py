@@ -30,8 +30,8 @@ def _data(n=16):
     return torch.randn(n, 1, 8, 8, generator=g).clamp(-1, 1), torch.randint(0, 3, (n,), generator=g)
 
 
-def _cfg(iterations, ckpt_every=1000):
-    train = TrainConfig(iterations=iterations, batch_size=4, lr=1e-3, warmup_iterations=1, ckpt_every=ckpt_every, progress=False)
+def _cfg(iterations, save_every=1000):
+    train = TrainConfig(iterations=iterations, batch_size=4, lr=1e-3, warmup_iterations=1, save_every=save_every, progress=False)
     return DistillConfig(student_steps=1, train=train, trajectories=TrajectoryConfig(n=8, num_steps=4, batch_size=8))
 
 
@@ -103,7 +103,7 @@ def test_module_checkpoint_round_trip(name, tmp_path, one_thread):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_interrupted_run_resumes_to_the_same_losses(name, tmp_path, monkeypatch, one_thread):
-    full = distill(tiny_unet_denoiser(), _objective(name), _cfg(4, ckpt_every=2), None, data=_data(), work_dir=tmp_path / "full", progress=False)
+    full = distill(tiny_unet_denoiser(), _objective(name), _cfg(4, save_every=2), None, data=_data(), work_dir=tmp_path / "full", progress=False)
     # The second run is stopped at iteration 3 (after its iteration-2 checkpoint), as Ctrl-C would.
     cls = type(_objective(name))
     real_loss = cls.loss
@@ -115,8 +115,8 @@ def test_interrupted_run_resumes_to_the_same_losses(name, tmp_path, monkeypatch,
 
     monkeypatch.setattr(cls, "loss", stop_at_three)
     with pytest.raises(KeyboardInterrupt):
-        distill(tiny_unet_denoiser(), _objective(name), _cfg(4, ckpt_every=2), None, data=_data(), work_dir=tmp_path / "part", progress=False)
+        distill(tiny_unet_denoiser(), _objective(name), _cfg(4, save_every=2), None, data=_data(), work_dir=tmp_path / "part", progress=False)
     monkeypatch.setattr(cls, "loss", real_loss)
-    resumed = distill(tiny_unet_denoiser(), _objective(name), _cfg(4, ckpt_every=2), None, data=_data(), work_dir=tmp_path / "part", progress=False)
+    resumed = distill(tiny_unet_denoiser(), _objective(name), _cfg(4, save_every=2), None, data=_data(), work_dir=tmp_path / "part", progress=False)
     assert resumed.resumed_from == 3 and resumed.losses == full.losses, (name, resumed.losses, full.losses)
     shutil.rmtree(tmp_path)

@@ -52,7 +52,7 @@ class Regression(Objective):
 def _cfg(steps=200, **kw):
     return DistillConfig(
         student_steps=1,
-        train=TrainConfig(iterations=steps, batch_size=128, lr=3e-3, warmup_iterations=10, progress=False, ckpt_every=50, **kw),
+        train=TrainConfig(iterations=steps, batch_size=128, lr=3e-3, warmup_iterations=10, progress=False, save_every=50, **kw),
         trajectories=TrajectoryConfig(n=512, num_steps=12, batch_size=512),
     )
 
@@ -122,7 +122,7 @@ def test_student_prediction_overrides_the_output_parametrisation(tmp_path):
     """A one-step generator may predict v (well conditioned at t_max) while the teacher predicts eps."""
     teacher = tiny_unet_denoiser()
     cfg = DistillConfig(student_steps=1, student_prediction="v",
-                        train=TrainConfig(iterations=1, batch_size=4, lr=1e-5, warmup_iterations=1, progress=False, ckpt_every=1))
+                        train=TrainConfig(iterations=1, batch_size=4, lr=1e-5, warmup_iterations=1, progress=False, save_every=1))
     x, y = torch.randn(8, 1, 8, 8).clamp(-1, 1), torch.arange(8) % 3
     res = distill(teacher, make_objective("cd"), cfg, tmp_path / "s", data=(x, y), progress=False)
     assert res.student.prediction == "v" and load_denoiser(tmp_path / "s").prediction == "v"

@@ -23,7 +23,7 @@ data = pair_data()
 
 def run(work: Path, iterations: int):
     module = make_pair()
-    cfg = TrainConfig(iterations=iterations, batch_size=8, lr=1e-2, warmup_iterations=1, ckpt_every=N, progress=False,
+    cfg = TrainConfig(iterations=iterations, batch_size=8, lr=1e-2, warmup_iterations=1, save_every=N, progress=False,
                       strategy=strategy, activation_checkpointing="ac" in extras, amp="bf16" if "bf16" in extras else "off")
     res = train(module, pair_loss, list(data), cfg, work)
     return module, res

@@ -19,17 +19,17 @@ from ..tiny import tiny_data, tiny_denoiser, tiny_unet_denoiser
 from .pair import make_pair, pair_data, pair_loss
 
 
-def _run(tmp, steps, ckpt_every=5, den=None, lr=5e-3, data=None):
+def _run(tmp, steps, save_every=5, den=None, lr=5e-3, data=None):
     den = den or tiny_denoiser()
     x, y = data or tiny_data()
     loss = DenoisingLoss()
-    cfg = TrainConfig(iterations=steps, batch_size=16, lr=lr, warmup_iterations=2, ckpt_every=ckpt_every, progress=False)
+    cfg = TrainConfig(iterations=steps, batch_size=16, lr=lr, warmup_iterations=2, save_every=save_every, progress=False)
     res = train(den, lambda m, b, g: loss(m, den, b[0], b[1], g), [x, y], cfg, tmp)
     return den, res
 
 
 def test_training_lowers_the_loss(tmp_path):
-    _, res = _run(tmp_path, 120, ckpt_every=1000, lr=1e-2)
+    _, res = _run(tmp_path, 120, save_every=1000, lr=1e-2)
     assert sum(res.losses[-20:]) / 20 < 0.7 * sum(res.losses[:20]) / 20
 
 
@@ -46,7 +46,7 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_checkpoints_are_atomic_safetensors(tmp_path):
-    _run(tmp_path, 6, ckpt_every=3)
+    _run(tmp_path, 6, save_every=3)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [f"{CKPT_NAME}.json", f"{CKPT_NAME}.safetensors"], names  # no temp files left
     tensors, card = load_weights(tmp_path / CKPT_NAME)
@@ -66,7 +66,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     den = tiny_denoiser()
     x, y = tiny_data()
     loss = DenoisingLoss()
-    cfg = TrainConfig(iterations=80, batch_size=16, lr=1e-2, warmup_iterations=2, ckpt_every=1000, amp="bf16", progress=False)
+    cfg = TrainConfig(iterations=80, batch_size=16, lr=1e-2, warmup_iterations=2, save_every=1000, amp="bf16", progress=False)
     res = train(den, lambda m, b, g: loss(m, den, b[0], b[1], g), [x, y], cfg, tmp_path)
     assert all(v.dtype == torch.float32 for v in den.state_dict().values())  # master weights stay fp32
     assert sum(res.losses[-20:]) / 20 < 0.8 * sum(res.losses[:20]) / 20
@@ -170,7 +170,7 @@ def test_resume_with_several_parts_is_exact(tmp_path):
 
     def run(work, n):
         m = make_pair(ratio=3)
-        cfg = TrainConfig(iterations=n, batch_size=8, lr=1e-2, warmup_iterations=2, ckpt_every=4, progress=False)
+        cfg = TrainConfig(iterations=n, batch_size=8, lr=1e-2, warmup_iterations=2, save_every=4, progress=False)
         return m, train(m, pair_loss, list(pair_data()), cfg, work)
 
     full, res_full = run(tmp_path / "full", 10)
@@ -300,7 +300,7 @@ def test_fsdp_trains_what_ddp_trains_and_its_checkpoint_resumes_in_one_process(w
     torch.testing.assert_close(torch.tensor(fsdp["losses"]), torch.tensor(ddp["losses"]), rtol=1e-5, atol=0)
     work = tmp_path / "work"
     shutil.copytree(world2("fsdp", "ac") / "full", work)
-    cfg = TrainConfig(iterations=2 * N + 1, batch_size=8, lr=1e-2, warmup_iterations=1, ckpt_every=N, progress=False, amp="off")
+    cfg = TrainConfig(iterations=2 * N + 1, batch_size=8, lr=1e-2, warmup_iterations=1, save_every=N, progress=False, amp="off")
     res = train(make_pair(), pair_loss, list(pair_data()), cfg, work)
     assert res.resumed_from == 2 * N and res.iteration == 2 * N + 1
 

@@ -79,12 +79,32 @@ def replay(net: torch.nn.Module, specs: list[dict[str, Any]]) -> torch.nn.Module
     return net
 
 
+def _check_weights_fit_memory(tensors: dict[str, torch.Tensor], card: dict, card_path) -> None:
+    """A net config whose width or depth was edited to an absurd size would allocate far more than
+    the weights hold: refuse a config whose parameter count (estimated from the config's width
+    scaling) exceeds the memory left, before the allocator is asked."""
+    from .checks import available_memory
+
+    config = card.get("net", {}).get("config", {})
+    for key in ("channels", "hidden", "width", "dim", "hidden_size"):
+        value = config.get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            stored = sum(t.numel() for t in tensors.values()) or 1
+            widest = max((max(t.shape) for t in tensors.values() if t.ndim), default=1)
+            estimate = stored * (value / max(1, min(value, widest))) ** 2 * 4  # parameters grow with width squared
+            if estimate > available_memory():
+                raise ValueError(
+                    f"net config {key}={value} would need about {estimate / 2**30:.0f} GiB of weights, more than "
+                    f"this machine has: the card does not describe the weights beside it"
+                )
+
+
 def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", expect_schedule: dict | None = None) -> Denoiser:
     """Rebuild a Denoiser from its checkpoint; every problem raises a CheckpointError naming the file."""
     from .nets import build_net
 
     weights_path, card_path = checkpoint_paths(path)
-    card = read_card(path)
+    tensors, card = load_weights(path)
     if card.get("kind") != "denoiser":
         raise CheckpointError(f"{card_path}: holds a {card.get('kind')!r}, not a denoiser")
     missing = [k for k in ("net", "schedule", "prediction") if k not in card]
@@ -94,16 +114,19 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
     try:
         schedule = schedule_from_dict(card["schedule"])
         boundary = Boundary.from_dict(card["boundary"]) if card.get("boundary") else None
+        _check_weights_fit_memory(tensors, card, card_path)
         net = build_net(card["net"]["kind"], card["net"]["config"])
         replay(net, card.get("transforms", []))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{card_path}: {e}") from e
+    except (RuntimeError, MemoryError) as e:  # an allocation the card asked for failed
+        raise CheckpointError(f"{card_path}: its net config could not be built ({str(e).splitlines()[0][:200]}); "
+                              f"the card does not describe the weights beside it") from None
     if expect_schedule is not None and schedule.to_dict() != expect_schedule:
         raise CheckpointError(
             f"{card_path}: the checkpoint was trained with schedule {schedule.to_dict()} but "
             f"{expect_schedule} was requested; sample it with its own schedule"
         )
-    tensors, _ = load_weights(path)
     load_state_into(net, tensors, str(weights_path))
     shape = card.get("sample_shape")
     den = Denoiser(

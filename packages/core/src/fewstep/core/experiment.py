@@ -74,7 +74,7 @@ def _distill(task: Task, teacher, cfg: ExperimentConfig, out: Path):
     iterations = cfg.iterations or b.iterations
     train = TrainConfig(iterations=iterations, batch_size=cfg.batch_size or b.batch_size, lr=b.lr,
                         warmup_iterations=min(b.warmup_iterations, iterations), ema_decay=b.ema_decay,
-                        ckpt_every=max(1, min(100, iterations)), seed=cfg.seed, progress=cfg.progress)
+                        seed=cfg.seed, progress=cfg.progress)
     traj = task.trajectories()
     dcfg = DistillConfig(student_steps=cfg.student_steps, train=train, **({"trajectories": traj} if traj is not None else {}))
     data = task.distill_data(objective.data, cfg.seed)

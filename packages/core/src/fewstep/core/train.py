@@ -13,8 +13,11 @@ interrupted.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,8 +29,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from . import sharding
-from .io import CheckpointError, checkpoint_paths, load_state_into, load_weights, save_weights
+from . import faults, sharding
+from .io import CheckpointError, checkpoint_exists, checkpoint_paths, load_state_into, load_weights, save_weights
+from .locks import writing
 from .parts import WHOLE, Part, module_parts, part_parameters, update_period
 
 LossFn = Callable[[nn.Module, Sequence[Tensor], torch.Generator], Tensor]
@@ -49,7 +53,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0  # max gradient norm, per part; 0 = no clipping
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA), "off", "bf16"; fsdp: also bf16 all-gathers
-    ckpt_every: int = 500
+    save_every: int | None = None  # write the resumable checkpoint every this many iterations ...
+    save_every_seconds: float | None = 120.0  # ... or after this much work (and always at the end and when stopped)
     seed: int = 0
     progress: bool = True
     strategy: str = "ddp"  # under torchrun: "ddp" replicates the module, "fsdp" shards it (FSDP2)
@@ -64,8 +69,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if self.amp not in ("auto", "off", "bf16"):
             raise ValueError(f"amp={self.amp!r}; use 'auto', 'off' or 'bf16'")
-        if self.ckpt_every < 1:
-            raise ValueError("ckpt_every must be >= 1")
+        if self.save_every is not None and self.save_every < 1:
+            raise ValueError(f"save_every={self.save_every}: save every >= 1 iterations (None: by time only)")
+        if self.save_every_seconds is not None and not (math.isfinite(self.save_every_seconds) and self.save_every_seconds > 0):
+            raise ValueError(f"save_every_seconds={self.save_every_seconds} must be a finite number > 0 (None: by iterations only)")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # JSON gives lists back
@@ -196,15 +203,65 @@ def save_training_state(
         "parts": [asdict(p) for p in parts],
         "param_groups": [osd["param_groups"] for osd in optim],
         "train_config": asdict(config),
+        "settings": run_settings(config, card),
     }
     save_weights(out_dir / CKPT_NAME, tensors, meta)
 
 
-def load_training_state(out_dir: Path, parts: Sequence[Part]) -> dict:
+# Settings that do not change what a run computes: a run may resume with other values of these.
+VOLATILE = frozenset({"progress", "save_every", "save_every_seconds", "strategy", "activation_checkpointing"})
+RESTART_HINT = "rerun with --restart to discard it and start over (or write to another --out)"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        elif k not in VOLATILE:
+            flat[key] = v
+    return flat
+
+
+def run_settings(config: TrainConfig, card: dict | None) -> dict:
+    """What defines a run, flattened to dotted keys (JSON values): the train config and the
+    caller's card (recipe, objective, data), less the VOLATILE keys. Resume requires equality."""
+    return json.loads(json.dumps(_flatten({"train": asdict(config), "card": card or {}}), default=str))
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """``"key: saved -> now"`` for every setting that differs."""
+    keys = sorted(set(saved) | set(now))
+    missing = "(unset)"
+    return [f"{k}: {saved.get(k, missing)} -> {now.get(k, missing)}" for k in keys if saved.get(k, missing) != now.get(k, missing)]
+
+
+def load_training_state(out_dir: Path, parts: Sequence[Part], settings: dict | None = None) -> dict:
     """{"model", "ema": state dicts, "optim": [name-keyed optimiser state per part], "iteration",
-    "losses"}: the checkpoint in ``out_dir``, checked against this run's parts."""
+    "losses"}: the checkpoint in ``out_dir``, checked against this run's parts and ``settings``."""
     where = str(checkpoint_paths(out_dir / CKPT_NAME)[0])
-    tensors, card = load_weights(out_dir / CKPT_NAME)
+    try:
+        tensors, card = load_weights(out_dir / CKPT_NAME)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} The run in {out_dir} cannot be resumed: {RESTART_HINT}.") from None
+    if settings is not None:
+        saved_settings = card.get("settings") or _flatten({"train": card.get("train_config", {})})
+        now = settings if "settings" in card else {k: v for k, v in settings.items() if k.startswith("train.")}
+        # A plain run may be extended (more iterations: warmup-then-constant learning rates do not
+        # depend on the total); a module whose schedule does puts its total into the card.
+        def fixed(d):
+            return {k: v for k, v in d.items() if k.rsplit(".", 1)[-1] != "iterations"}
+
+        diff = changed_settings(fixed(saved_settings), fixed(now))
+        done, wanted = int(card.get("iteration", 0)), int(settings.get("train.iterations", 0))
+        if done > wanted:
+            diff.append(f"train.iterations: the run has done {done}, more than the {wanted} asked for")
+        if diff:
+            raise CheckpointError(
+                f"{out_dir} holds a run (at iteration {card.get('iteration')}) made with other settings: "
+                f"{'; '.join(diff)}. Rerun with the saved settings to resume it, or {RESTART_HINT}."
+            )
     if card.get("kind") != "training-state":
         raise CheckpointError(f"{where}: not a training checkpoint")
     if "parts" not in card:
@@ -240,6 +297,46 @@ def _batch(data: Sequence[Tensor | None], n_local: int, gen: torch.Generator, de
     return [None if d is None else d[idx].to(device) for d in data]
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM after saving its checkpoint; the message says
+    where and how to resume. A second Ctrl-C stops at once, without saving (a KeyboardInterrupt)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """While training, SIGINT and SIGTERM only ask the loop to stop: it finishes the iteration,
+    saves, and raises :class:`Stopped`. (Signal handlers exist only in the main thread.)"""
+    flag = {"signum": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def ask(signum, frame):
+        if flag["signum"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        flag["signum"] = signum
+
+    old = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _agree(due: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
+    """Every rank saves and stops at the same iteration: the flags are OR-ed over the ranks."""
+    if not dist.is_initialized():
+        return due, stop
+    flags = torch.tensor([float(due), float(stop)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0] > 0), bool(flags[1] > 0)
+
+
 def train(
     module: nn.Module,
     loss_fn: LossFn,
@@ -255,20 +352,30 @@ def train(
     under torchrun: the loss must call it (not ``module``) so gradients are synchronised. ``data``
     is a list of tensors with a shared first dimension (None entries pass through). The module's
     ``parts()`` (if it has them) say what trains with which optimiser settings (``parts.py``).
-    Checkpoints go to ``out_dir`` every ``config.ckpt_every`` iterations and at the end; an
-    existing checkpoint there is resumed from. On return ``module`` holds the trained weights as
-    plain tensors whatever the strategy.
+
+    Checkpoints go to ``out_dir`` every ``config.save_every`` iterations or ``save_every_seconds``
+    of work, at the end, and when SIGINT/SIGTERM stop the run (:class:`Stopped`). The run holds
+    ``out_dir``'s lock (``locks.py``). An existing checkpoint there is resumed from when it was made
+    with the same settings (:func:`run_settings`: ``config`` and ``card``), else refused with the
+    differing keys; ``resume=False`` (``--restart``) discards it. On return ``module`` holds the
+    trained weights as plain tensors whatever the strategy.
     """
     out_dir = Path(out_dir)
-    card = dict(card or {})
+    with writing(out_dir, f"the training run in {out_dir}") as removed:
+        if removed and int(os.environ.get("RANK", "0")) == 0:
+            print(f"removed {len(removed)} temporary file(s) of an interrupted save in {out_dir}; "
+                  f"the last committed checkpoint is used")
+        return _train(module, loss_fn, data, config, out_dir, dict(card or {}), resume)
+
+
+def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict, resume: bool) -> TrainResult:
     rank, world, device = init_distributed()
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by world size {world}")
     parts = module_parts(module)
     part_parameters(module, parts)  # a part naming nothing, or a stray trainable parameter, stops here
-    saved = (
-        load_training_state(out_dir, parts) if resume and checkpoint_paths(out_dir / CKPT_NAME)[1].is_file() else None
-    )
+    settings = run_settings(config, card)
+    saved = load_training_state(out_dir, parts, settings) if resume and checkpoint_exists(out_dir / CKPT_NAME) else None
     if saved:
         load_state_into(module, saved["model"], saved["where"])
     strategy = config.strategy if world > 1 else "one"
@@ -299,12 +406,12 @@ def train(
             else:
                 _load_named_optimizer_state(opt, nm, osd, saved["where"])
         if set(saved["ema"]) != set(ema):
-            raise CheckpointError(f"{saved['where']}: its EMA does not fit this module; train in a new work dir")
+            raise CheckpointError(f"{saved['where']}: its EMA does not fit this module; {RESTART_HINT}")
         ema = {k: sharding.shard_like(saved["ema"][k], v) for k, v in ema.items()}
         iteration, losses = saved["iteration"], saved["losses"]
         _set_rng_state(saved["rng"], device)  # rank 0's: every rank draws the same shapes, so they agree
         del saved
-    resumed_from = iteration
+    resumed_from = last_saved = iteration
     periods = [update_period(parts, p) for p in parts]
     clips = [config.grad_clip if p.grad_clip is None else p.grad_clip for p in parts]
     # Parameters without gradients at some iterations (a critic-only iteration of DMD2, a part off
@@ -313,7 +420,7 @@ def train(
     model: nn.Module = DDP(module, find_unused_parameters=unused) if strategy == "ddp" else engine
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
-    def checkpoint(barrier: bool = True) -> None:
+    def checkpoint() -> None:
         """Gather the whole state to rank 0 and write it there (every rank must call under fsdp)."""
         if strategy == "fsdp":
             model_sd = sharding.full_model_state(engine, rank0_only=True)
@@ -329,8 +436,7 @@ def train(
             save_training_state(
                 out_dir, model_sd, ema_sd, optim, parts, iteration, losses, config, card, _rng_state(device)
             )
-        if barrier:
-            _barrier()
+        _barrier()
 
     bar = tqdm(
         total=config.iterations,
@@ -339,49 +445,58 @@ def train(
         desc="train",
         dynamic_ncols=True,
     )
-    t0 = time.perf_counter()
+    t0 = last_save_time = time.perf_counter()
     try:
-        while iteration < config.iterations:
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 7919 + rank)
-            batch = _batch(data, config.batch_size // world, gen, device)
-            lr = config.lr * min(1.0, (iteration + 1) / max(1, config.warmup_iterations))
-            for part, opt in zip(parts, opts):
-                for g in opt.param_groups:
-                    g["lr"] = lr * part.lr_scale
-            with autocast():
-                loss = loss_fn(model, batch, gen).mean()
-            if not _all_finite(loss.detach()):
-                raise FloatingPointError(_diverged(loss, iteration, out_dir, config))
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            turn = [iteration % period == 0 for period in periods]
-            for part, opt, ps, clip, on in zip(parts, opts, named, clips, turn):
-                if not on:
-                    opt.zero_grad(set_to_none=True)  # not this part's turn: its gradient is dropped
-                    continue
-                gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in ps], clip if clip > 0 else math.inf)
-                if not _all_finite(gnorm.detach()):
-                    what = "gradient norm" + (f" of part {part.name!r}" if part.name != WHOLE else "")
-                    raise FloatingPointError(_diverged(gnorm, iteration, out_dir, config, what=what))
-            for opt, on in zip(opts, turn):
-                if on:
-                    opt.step()
-            iteration += 1
-            _ema_update(ema, engine, min(config.ema_decay, (1 + iteration) / (10 + iteration)))
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            if iteration % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
-            if iteration % config.ckpt_every == 0 or iteration == config.iterations:
-                checkpoint()
-    except KeyboardInterrupt:
-        # Under fsdp the save is a collective that an interrupted peer may never join: keep the last one.
-        if strategy != "fsdp" and iteration > resumed_from:
-            checkpoint(barrier=False)  # the other ranks may be gone already
-            if rank == 0:
-                print(f"\ninterrupted at iteration {iteration}; checkpoint saved in {out_dir}, run again to resume")
-        raise
+        with _stop_requests() as stop_request:
+            while iteration < config.iterations:
+                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 7919 + rank)
+                batch = _batch(data, config.batch_size // world, gen, device)
+                lr = config.lr * min(1.0, (iteration + 1) / max(1, config.warmup_iterations))
+                for part, opt in zip(parts, opts):
+                    for g in opt.param_groups:
+                        g["lr"] = lr * part.lr_scale
+                with autocast():
+                    loss = loss_fn(model, batch, gen).mean()
+                if not _all_finite(loss.detach()):
+                    raise FloatingPointError(_diverged(loss, iteration, out_dir, config, last_saved))
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                turn = [iteration % period == 0 for period in periods]
+                for part, opt, ps, clip, on in zip(parts, opts, named, clips, turn):
+                    if not on:
+                        opt.zero_grad(set_to_none=True)  # not this part's turn: its gradient is dropped
+                        continue
+                    gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in ps], clip if clip > 0 else math.inf)
+                    if not _all_finite(gnorm.detach()):
+                        what = "gradient norm" + (f" of part {part.name!r}" if part.name != WHOLE else "")
+                        raise FloatingPointError(_diverged(gnorm, iteration, out_dir, config, last_saved, what=what))
+                for opt, on in zip(opts, turn):
+                    if on:
+                        opt.step()
+                iteration += 1
+                _ema_update(ema, engine, min(config.ema_decay, (1 + iteration) / (10 + iteration)))
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                if iteration % 10 == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
+                faults.hit("iteration")
+                due = (
+                    iteration == config.iterations
+                    or (config.save_every is not None and iteration % config.save_every == 0)
+                    or (config.save_every_seconds is not None and time.perf_counter() - last_save_time >= config.save_every_seconds)
+                )
+                due, stop = _agree(due, bool(stop_request["signum"]), device)
+                if due or stop:
+                    checkpoint()
+                    last_saved, last_save_time = iteration, time.perf_counter()
+                if stop and iteration < config.iterations:
+                    how = "Ctrl-C" if stop_request["signum"] in (0, signal.SIGINT) else signal.Signals(stop_request["signum"]).name
+                    raise Stopped(
+                        f"stopped by {how} at iteration {iteration} of {config.iterations}; the checkpoint in "
+                        f"{out_dir} holds it: run the same command again to resume",
+                        stop_request["signum"] or signal.SIGINT,
+                    )
     finally:
         bar.close()
         if config.activation_checkpointing and strategy != "fsdp":
@@ -394,8 +509,7 @@ def train(
     return TrainResult(iteration, losses, ema, time.perf_counter() - t0, resumed_from, updates=updates)
 
 
-def _diverged(value: Tensor, iteration: int, out_dir: Path, config: TrainConfig, what: str = "loss") -> str:
-    last = (iteration // config.ckpt_every) * config.ckpt_every
+def _diverged(value: Tensor, iteration: int, out_dir: Path, config: TrainConfig, last: int, what: str = "loss") -> str:
     where = f"the last checkpoint (iteration {last}) is in {out_dir}" if last else "no checkpoint was written yet"
     return (
         f"{what} became {float(sharding.full_tensor(value.detach()))} at iteration {iteration}: training diverged; {where}. "

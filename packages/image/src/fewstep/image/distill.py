@@ -21,7 +21,7 @@ from .evaluate import EvalConfig, dataset_of, evaluate_denoiser
 from .registry import load_model
 
 # The shared budget of the benchmark: same iterations, batch and optimiser for every method.
-BUDGET = TrainConfig(iterations=600, batch_size=64, lr=5e-5, warmup_iterations=50, ema_decay=0.999, ckpt_every=100)
+BUDGET = TrainConfig(iterations=600, batch_size=64, lr=5e-5, warmup_iterations=50, ema_decay=0.999)
 TRAJECTORIES = {"digits": TrajectoryConfig(n=4096, num_steps=16), "shapes": TrajectoryConfig(n=1024, num_steps=16, batch_size=128)}
 
 

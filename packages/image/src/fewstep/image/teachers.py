@@ -41,14 +41,14 @@ RECIPES: dict[str, TeacherRecipe] = {
         net=UNetConfig(in_channels=1, image_size=16, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                        attn_resolutions=(8,), num_classes=10, label_dropout=0.1),
         prediction="eps",
-        train=TrainConfig(iterations=4000, batch_size=64, lr=1e-3, warmup_iterations=200, ema_decay=0.999, ckpt_every=250),
+        train=TrainConfig(iterations=4000, batch_size=64, lr=1e-3, warmup_iterations=200, ema_decay=0.999),
     ),
     "shapes": TeacherRecipe(
         dataset="shapes",
         net=UNetConfig(in_channels=3, image_size=32, channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
                        attn_resolutions=(8,), num_classes=12, label_dropout=0.1),
         prediction="v",
-        train=TrainConfig(iterations=3000, batch_size=48, lr=1e-3, warmup_iterations=200, ema_decay=0.999, ckpt_every=250),
+        train=TrainConfig(iterations=3000, batch_size=48, lr=1e-3, warmup_iterations=200, ema_decay=0.999),
     ),
 }
 

@@ -51,7 +51,7 @@ def distill_tsdiff(
         )
     x, cond = training_windows(cfg, train_data, windows, seed)
     train = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, warmup_iterations=min(50, iterations), ema_decay=0.995,
-                        ckpt_every=max(1, iterations // 4), seed=seed, progress=progress)
+                        seed=seed, progress=progress)
     out = Path(out)
     res = distill(teacher.eval(), objective, DistillConfig(student_steps=student_steps, train=train), out, data=(x, cond),
                   work_dir=out.with_name(out.name + ".work"), card={"teacher_tsdiff": cfg.to_dict()}, progress=progress)

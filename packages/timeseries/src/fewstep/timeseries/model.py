@@ -65,7 +65,7 @@ class TrainSettings:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             iterations=self.iterations, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
-            warmup_iterations=self.warmup_iterations, seed=self.seed, progress=self.progress, ckpt_every=max(self.iterations, 1),
+            warmup_iterations=self.warmup_iterations, seed=self.seed, progress=self.progress,
         )
 
 

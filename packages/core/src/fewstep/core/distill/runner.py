@@ -145,7 +145,9 @@ def distill(
         x0, cond, traj, traj_t = batch
         return model(None if no_data else x0, cond, traj, traj_t, gen, n=x0.shape[0])
 
-    run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.student_steps, **(card or {})}
+    run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.student_steps,
+                "total_iterations": cfg.train.iterations,  # objectives' schedules depend on it: resume needs the same
+                **(card or {})}
     t0 = time.perf_counter()
     result = train(module, loss_fn, train_data, cfg.train, work, run_card)
     seconds = time.perf_counter() - t0
