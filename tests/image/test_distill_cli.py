@@ -23,10 +23,17 @@ def test_distill_command_trains_resumes_and_reports(tmp_path):
     assert report["objective"]["target_ema"] == 0.9
     student = load_model(out)
     assert student.card.student_steps == 1 and student.card.sampler.solver == "consistency"
-    # Asking for more iterations continues from the checkpoint in OUT.work.
-    r = CliRunner().invoke(app, [*base, "--iterations", "3"])
+    # The same command again resumes from the checkpoint in OUT.work (here: finished, nothing to do).
+    r = CliRunner().invoke(app, [*base, "--iterations", "2"])
     assert r.exit_code == 0, r.output
     assert json.loads(out.with_suffix(".report.json").read_text())["resumed_from"] == 2
+    # Another budget changes the objectives' schedules: refused with the key, until --restart.
+    r = CliRunner().invoke(app, [*base, "--iterations", "3"])
+    assert r.exit_code == 2 and "total_iterations: 2 -> 3" in r.output and "--restart" in r.output
+    r = CliRunner().invoke(app, [*base, "--iterations", "3", "--restart"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["resumed_from"] == 0 and report["train_iterations"] == 3
 
 
 def test_distill_command_rejects_unknown_methods_and_options(tmp_path):

@@ -1,4 +1,5 @@
-"""fewstep-ts end to end on a user's CSV: train, forecast (CSV + plot), evaluate --json, refine --json, demo."""
+"""fewstep-ts end to end on a user's CSV: train, forecast (CSV + plot), evaluate --json, refine --json, demo;
+checkpoint names, settings-checked resume, --restart and one writer per --out."""
 
 import json
 
@@ -87,3 +88,93 @@ def test_distill_then_forecast_with_the_students_own_rule(trained, user_csv, tmp
     assert card["card"]["student_steps"] == 2 and card["card"]["provenance"]["tsdiff"]["prediction_length"] == 24
     _invoke("forecast", tmp_path / "s", "--csv", user_csv, "--solver", "auto", "--num-samples", 4, "--out", tmp_path / "f.csv")
     assert len(pd.read_csv(tmp_path / "f.csv")) == 2 * 24
+
+
+# -- checkpoints (issue 28): names, resume with the same settings only, --restart, one writer -------
+def _run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _tiny_train(user_csv, out, *extra):
+    return _run("train", "--out", out, "--csv", user_csv, "--freq", "h", "--prediction-length", 12, "--hidden", 8,
+                "--layers", 1, *extra)
+
+
+def test_out_with_a_suffix_names_the_checkpoint_stem(user_csv, tmp_path):
+    res = _tiny_train(user_csv, tmp_path / "t5.json", "--iterations", 3)
+    assert res.exit_code == 0, res.output
+    assert f"wrote {tmp_path / 't5.safetensors'} and {tmp_path / 't5.json'}" in res.stdout
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"t5.safetensors", "t5.json", "t5.run"} <= names and not any("json." in n for n in names), names
+    assert not [n for n in names if n.endswith((".tmp", ".lock"))], names  # no temp files, the lock is released
+
+
+def test_final_loss_is_the_mean_of_the_losses_it_ran(user_csv, tmp_path):
+    from fewstep.core.io import load_weights
+
+    res = _tiny_train(user_csv, tmp_path / "m", "--iterations", 4)
+    assert res.exit_code == 0, res.output
+    losses = load_weights(tmp_path / "m.run" / "checkpoint")[1]["losses"]
+    assert len(losses) == 4
+    assert f"final loss {sum(losses) / 4:.4f}" in res.stdout  # not sum / 50
+
+
+def test_resume_needs_the_same_settings_and_restart_starts_over(user_csv, tmp_path):
+    out = tmp_path / "m"
+    assert _tiny_train(user_csv, out, "--iterations", 4, "--save-every", "2it").exit_code == 0
+    res = _tiny_train(user_csv, out, "--iterations", 4, "--seed", 5)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "train.seed: 0 -> 5" in res.output and "--restart" in res.output
+    res = _tiny_train(user_csv, out, "--iterations", 6)  # more iterations, same settings: resumes
+    assert res.exit_code == 0 and "trained 2 iterations (resumed at iteration 4)" in res.stdout, res.output
+    res = _tiny_train(user_csv, out, "--iterations", 3, "--seed", 5, "--restart")
+    assert res.exit_code == 0 and "trained 3 iterations in" in res.stdout, res.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["card"]["provenance"]["tsdiff"]["hidden"] == 8
+
+
+HOLD_LOCK = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+    "os.write(fd, str(os.getpid()).encode()); print('held', flush=True); time.sleep(60)"
+)
+
+
+def test_a_second_writer_to_the_same_out_fails_at_once(user_csv, tmp_path):
+    import subprocess
+    import sys
+
+    from fewstep.core.locks import lock_path
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock_path(tmp_path / "m"))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = _tiny_train(user_csv, tmp_path / "m.safetensors", "--iterations", 2)
+        assert res.exit_code == 2, res.output
+        assert f"another fewstep process (pid {holder.pid}) is writing" in res.output
+        assert not (tmp_path / "m.run").exists()  # refused before any work
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_distill_resumes_only_the_same_run(trained, user_csv, tmp_path):
+    args = ["distill", trained, "--out", tmp_path / "s.safetensors", "--csv", user_csv, "--freq", "h",
+            "--student-steps", 2, "--iterations", 3]
+    res = _run(*args)
+    assert res.exit_code == 0 and f"wrote {tmp_path / 's.safetensors'} and {tmp_path / 's.json'}" in res.stdout, res.output
+    res = _run(*args, "--seed", 5)
+    assert res.exit_code == 2 and "train.seed: 0 -> 5" in res.output and "--restart" in res.output
+    res = _run(*args, "--seed", 5, "--restart", "--save-every", "30s")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s.json").read_text())["card"]["student_steps"] == 2
+
+
+def test_forecast_csv_is_written_whole(trained, user_csv, tmp_path):
+    res = _run("forecast", trained, "--csv", user_csv, "--solver", "ddim", "--num-steps", 2, "--num-samples", 2,
+               "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 2 * 24 and [p.name for p in tmp_path.iterdir()] == ["f.csv"]
+    res = _run("forecast", trained, "--csv", user_csv, "--out", tmp_path / "missing" / "f.csv")
+    assert res.exit_code == 2 and "the folder" in res.output and "does not exist" in res.output

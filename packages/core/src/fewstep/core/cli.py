@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from .cli_support import friendly
+from . import checks
+from .cli_support import friendly, output_lock, restart_option, save_every_option, written
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fewstep core tools.")
 
@@ -45,7 +46,7 @@ def inspect(path: Path = typer.Argument(..., help="checkpoint stem or its .safet
     """Verify a checkpoint (size, hash, tensors) and print its card."""
     from .io import load_weights
 
-    tensors, card = load_weights(path)
+    tensors, card = load_weights(path)  # checks the stored card against the JSON copy and warns
     n = sum(t.numel() for t in tensors.values())
     typer.echo(json.dumps(card, indent=2))
     typer.echo(f"ok: {len(tensors)} tensors, {n:,} values, hash verified")
@@ -58,14 +59,13 @@ def _load(model: str):
     return load_denoiser(resolve_model(model))
 
 
-def _summary(before, after, out: Path) -> None:
+def _summary(before, after, out: Path, pruned: bool = False) -> None:
     from .quant import weight_bytes
 
-    params = [sum(p.numel() for p in d.net.parameters()) for d in (before, after)]
+    params = [sum(p.numel() for p in d.net.parameters()) for d in (before, after)]  # quantized weights are buffers
     typer.echo(
-        f"wrote {out}.safetensors + {out}.json: weights {weight_bytes(before.net) / 1e6:.2f} MB -> "
-        f"{weight_bytes(after.net) / 1e6:.2f} MB" + ("" if params[0] == params[1] or not params[1] else
-                                                  f", {params[0]:,} -> {params[1]:,} parameters")
+        f"wrote {written(out)}: weights {weight_bytes(before.net) / 1e6:.2f} MB -> "
+        f"{weight_bytes(after.net) / 1e6:.2f} MB" + (f", {params[0]:,} -> {params[1]:,} parameters" if pruned else "")
     )
 
 
@@ -76,16 +76,16 @@ def quantize(
     out: Path = typer.Option(..., "--out", help="checkpoint stem to write (PATH.safetensors + PATH.json)"),
     scheme: str = typer.Option("w8a8", help="w8a8 | w4a8 | w8 | w4 | fp8"),
     calib: str = typer.Option("trajectory", help="calibration inputs: trajectory | ptq4dm | single"),
-    calib_samples: int = typer.Option(32, help="full-precision trajectories for calibration"),
-    calib_steps: int = typer.Option(20, help="steps of each calibration trajectory"),
+    calib_samples: int = typer.Option(32, parser=checks.count(1, 100_000), help="full-precision trajectories for calibration"),
+    calib_steps: int = typer.Option(20, parser=checks.count(1, 10_000), help="steps of each calibration trajectory"),
     act: str = typer.Option("", help="activation scales: static (calibrated) or token (dynamic); default per scheme"),
     reconstruction: str = typer.Option("none", help="weight rounding: none | adaround | brecq"),
-    recon_iters: int = typer.Option(200, help="Adam steps per reconstructed unit"),
-    group_size: int = typer.Option(-1, help="int weights: one scale per this many input columns "
+    recon_iters: int = typer.Option(200, parser=checks.count(1, 1_000_000), help="Adam steps per reconstructed unit"),
+    group_size: int = typer.Option(-1, parser=checks.count(-1, 65_536), help="int weights: one scale per this many input columns "
                                    "(0: per channel; default: 32 for int4, per channel otherwise)"),
     no_tfmq: bool = typer.Option(False, "--no-tfmq", help="quantize the time embedding path like any other"),
     no_split: bool = typer.Option(False, "--no-split", help="one activation scale for U-Net skip concatenations"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, "--seed", parser=checks.seed()),
 ) -> None:
     """Post-training quantization (PTQ4DM / Q-Diffusion / TFMQ calibration) of any saved Denoiser."""
     from .checkpoints import save_denoiser
@@ -95,9 +95,13 @@ def quantize(
     config = QuantConfig(scheme=scheme, act=act or None, calibration=calib, calib_samples=calib_samples,
                          calib_steps=calib_steps, reconstruction=reconstruction, recon_iters=recon_iters,
                          tfmq=not no_tfmq, split_shortcut=not no_split, group_size=None if group_size < 0 else group_size, seed=seed)
-    den = _load(model)
-    q = quantize_denoiser(den, config)
-    save_denoiser(q, out, provenance={"quantized_from": str(model)})
+    from .io import checkpoint_stem
+
+    out = checkpoint_stem(out)
+    with output_lock(out):  # a second writer, or an unwritable --out, fails here, before calibration
+        den = _load(model)
+        q = quantize_denoiser(den, config)
+        save_denoiser(q, out, provenance={"quantized_from": str(model)})
     _summary(den, q, out)
 
 
@@ -106,12 +110,13 @@ def quantize(
 def prune(
     model: str = typer.Argument(..., help="a shipped model name (e.g. digits-teacher) or a checkpoint path"),
     out: Path = typer.Option(..., "--out", help="checkpoint stem to write (PATH.safetensors + PATH.json)"),
-    ratio: float = typer.Option(0.2, help="share of the prunable parameters to remove, in (0, 1)"),
-    steps: int = typer.Option(0, "--num-steps", help="sampling steps of the mask search (0: the model's own, else 20)"),
-    iters: int = typer.Option(100, "--iterations", help="mask-training iterations"),
-    batch: int = typer.Option(4, help="trajectories per iteration"),
+    ratio: float = typer.Option(0.2, parser=checks.real(0, 0.99, lo_open=True), help="share of the prunable parameters to remove, in (0, 1)"),
+    steps: int = typer.Option(0, "--num-steps", parser=checks.count(1, 10_000, sentinel=0, meaning="the model's own"),
+                              help="sampling steps of the mask search (0: the model's own, else 20)"),
+    iters: int = typer.Option(100, "--iterations", parser=checks.count(1, 1_000_000), help="mask-training iterations"),
+    batch: int = typer.Option(4, parser=checks.count(1, 4096), help="trajectories per iteration"),
     no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="disable time-step gradient checkpointing"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, "--seed", parser=checks.seed()),
 ) -> None:
     """EcoDiff structural pruning: learn masks through the whole sampling trajectory, then cut."""
     from .checkpoints import save_denoiser
@@ -120,10 +125,14 @@ def prune(
 
     config = PruneConfig(ratio=ratio, num_steps=steps or None, iters=iters, batch=batch,
                          checkpoint=not no_checkpoint, seed=seed)
-    den = _load(model)
-    p = prune_denoiser(den, config)
-    save_denoiser(p, out, provenance={"pruned_from": str(model)})
-    _summary(den, p, out)
+    from .io import checkpoint_stem
+
+    out = checkpoint_stem(out)
+    with output_lock(out):
+        den = _load(model)
+        p = prune_denoiser(den, config)
+        save_denoiser(p, out, provenance={"pruned_from": str(model)})
+    _summary(den, p, out, pruned=True)
 
 
 @app.command("tasks")
@@ -142,19 +151,22 @@ def experiment(
     task: str = typer.Option(..., "--task", help="a registered task (fewstep tasks), e.g. digits"),
     method: str = typer.Option(..., "--method", help="a distillation objective (fewstep info), e.g. dmd2"),
     out: Path = typer.Option(..., "--out", help="folder for report.md, metrics.json and the pictures"),
-    student_steps: int = typer.Option(1, "--student-steps", help="the student's sampling steps"),
-    iterations: int | None = typer.Option(None, "--iterations", help="training iterations (default: the task's budget)"),
-    n: int | None = typer.Option(None, "--n", help="evaluation samples per row (default: the task's)"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="training batch (default: the task's budget)"),
-    seed: int = typer.Option(0, "--seed"),
+    student_steps: int = typer.Option(1, "--student-steps", parser=checks.count(1, 1000), help="the student's sampling steps"),
+    iterations: int | None = typer.Option(None, "--iterations", parser=checks.count(1), help="training iterations (default: the task's budget)"),
+    n: int | None = typer.Option(None, "--n", parser=checks.count(2, 1_000_000), help="evaluation samples per row (default: the task's)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", parser=checks.count(1, 65_536), help="training batch (default: the task's budget)"),
+    seed: int = typer.Option(0, "--seed", parser=checks.seed()),
     json_out: bool = typer.Option(False, "--json", help="print metrics.json to stdout"),
+    save_every: str = save_every_option(),
+    restart: bool = restart_option(),
 ) -> None:
     """Distil a student with METHOD on TASK and report it against the teacher, every figure with its 95% interval."""
     from .experiment import ExperimentConfig, run_experiment
 
     cfg = ExperimentConfig(task=task, method=method, student_steps=student_steps, iterations=iterations, n=n,
-                           seed=seed, batch_size=batch_size)
-    res = run_experiment(cfg, out, log=lambda m: typer.echo(m, err=json_out))
+                           seed=seed, batch_size=batch_size, save_every=save_every, restart=restart)
+    with output_lock(out):
+        res = run_experiment(cfg, out, log=lambda m: typer.echo(m, err=json_out))
     if json_out:
         typer.echo(json.dumps(res.summary, indent=2))
 

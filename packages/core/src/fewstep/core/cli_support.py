@@ -22,8 +22,16 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
 _ALLOCATION = ("can't allocate memory", "out of memory", "not enough memory", "allocate")
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    typer.echo(f"warning: {message}", err=True)
+def _shower(original):
+    from .io import CheckpointWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CheckpointWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _fail(message: str, code: int = 2):
@@ -40,7 +48,8 @@ def friendly(fn):
         from .train import Stopped
 
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _shower(warnings.showwarning)
+            warnings.filterwarnings("ignore", message="Using `json`-module")  # gluonts' import-time advice, not ours
             try:
                 return fn(*args, **kwargs)
             except Stopped as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .io import write_text_atomic
 from .tasks import LEVEL, Metric, Samples, Task, compare, get_task
 
 ROWS = ("student", "teacher_same_nfe", "teacher_default", "real")
@@ -36,6 +37,8 @@ class ExperimentConfig:
     seed: int = 0
     batch_size: int | None = None  # None: the task's budget
     progress: bool = True
+    save_every: str = "2m"  # how often the student's run saves (checks.parse_save_every)
+    restart: bool = False  # discard a saved run of the same kind instead of resuming it
 
     def __post_init__(self):
         from .distill import methods
@@ -50,6 +53,9 @@ class ExperimentConfig:
             raise ValueError(f"n={self.n}: an interval needs at least 2 evaluation samples")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        from .checks import parse_save_every
+
+        parse_save_every(self.save_every)
         task = get_task(self.task)  # a clear error for an unknown task, before any work
         if self.n is not None and self.n < task.min_n:
             raise ValueError(f"n={self.n}: task {task.name} needs at least {task.min_n} evaluation samples")
@@ -66,6 +72,7 @@ class ExperimentResult:
 
 # -- the one place that builds train/distill configs --------------------------------------------
 def _distill(task: Task, teacher, cfg: ExperimentConfig, out: Path):
+    from .checks import parse_save_every
     from .distill import DistillConfig, distill, make_objective
     from .train import TrainConfig
 
@@ -74,13 +81,13 @@ def _distill(task: Task, teacher, cfg: ExperimentConfig, out: Path):
     iterations = cfg.iterations or b.iterations
     train = TrainConfig(iterations=iterations, batch_size=cfg.batch_size or b.batch_size, lr=b.lr,
                         warmup_iterations=min(b.warmup_iterations, iterations), ema_decay=b.ema_decay,
-                        seed=cfg.seed, progress=cfg.progress)
+                        seed=cfg.seed, progress=cfg.progress, **parse_save_every(cfg.save_every).fields())
     traj = task.trajectories()
     dcfg = DistillConfig(student_steps=cfg.student_steps, train=train, **({"trajectories": traj} if traj is not None else {}))
     data = task.distill_data(objective.data, cfg.seed)
     work = out / "work" / f"{cfg.method}-{cfg.student_steps}step-seed{cfg.seed}"  # resumes a run of the same kind
     res = distill(teacher, objective, dcfg, out / "student", data=data, work_dir=work,
-                  card={"task": task.name}, progress=cfg.progress)
+                  card={"task": task.name}, progress=cfg.progress, resume=not cfg.restart)
     return objective, res, iterations, train.batch_size
 
 
@@ -123,9 +130,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, log=print) -> 
     }
     picture = task.picture({labels[k]: s for k, s in samples.items()}, out / "samples.png")
     plot = _plot(summary, out / "metrics.png")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report = out / "report.md"
-    report.write_text(_report(task, summary, picture.name, plot.name))
+    write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    report = write_text_atomic(out / "report.md", _report(task, summary, picture.name, plot.name))
     log(f"{cfg.method} {cfg.student_steps}-step student on {task.name}: {task.primary} "
         f"{metrics['student'][task.primary].format()} vs teacher at {nfe} NFE {metrics['teacher_same_nfe'][task.primary].format()} "
         f"({verdicts['teacher_same_nfe'][task.primary]}); wrote {report}")

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,7 +90,11 @@ def writing(target: str | os.PathLike, what: str = "") -> Iterator[list[Path]]:
     fd = _acquire(path, Path(target), what)
     _HELD[key] = 1
     try:
-        yield clean_temps(target)
+        removed = clean_temps(target)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left by an interrupted save of {what or target}; "
+                  f"the last committed version is used", file=sys.stderr, flush=True)
+        yield removed
     finally:
         del _HELD[key]
         with contextlib.suppress(OSError):

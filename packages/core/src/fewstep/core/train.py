@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_iterations: int = 100
+    lr_schedule: str = "constant"  # after the linear warmup: "constant", or "cosine" decay to 0 at the last iteration
     ema_decay: float = 0.999
     grad_clip: float = 1.0  # max gradient norm, per part; 0 = no clipping
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA), "off", "bf16"; fsdp: also bf16 all-gathers
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"save_every={self.save_every}: save every >= 1 iterations (None: by time only)")
         if self.save_every_seconds is not None and not (math.isfinite(self.save_every_seconds) and self.save_every_seconds > 0):
             raise ValueError(f"save_every_seconds={self.save_every_seconds} must be a finite number > 0 (None: by iterations only)")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule={self.lr_schedule!r}; use 'constant' or 'cosine'")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # JSON gives lists back
@@ -328,6 +331,15 @@ def _stop_requests():
             signal.signal(sig, handler)
 
 
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """Linear warmup over ``warmup_iterations``, then constant or cosine decay (``lr_schedule``)."""
+    warm = max(1, config.warmup_iterations)
+    if iteration < warm or config.lr_schedule == "constant":
+        return config.lr * min(1.0, (iteration + 1) / warm)
+    done = (iteration - warm) / max(1, config.iterations - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
 def _agree(due: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
     """Every rank saves and stops at the same iteration: the flags are OR-ed over the ranks."""
     if not dist.is_initialized():
@@ -361,10 +373,7 @@ def train(
     trained weights as plain tensors whatever the strategy.
     """
     out_dir = Path(out_dir)
-    with writing(out_dir, f"the training run in {out_dir}") as removed:
-        if removed and int(os.environ.get("RANK", "0")) == 0:
-            print(f"removed {len(removed)} temporary file(s) of an interrupted save in {out_dir}; "
-                  f"the last committed checkpoint is used")
+    with writing(out_dir, f"the training run in {out_dir}"):
         return _train(module, loss_fn, data, config, out_dir, dict(card or {}), resume)
 
 
@@ -410,6 +419,8 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
         ema = {k: sharding.shard_like(saved["ema"][k], v) for k, v in ema.items()}
         iteration, losses = saved["iteration"], saved["losses"]
         _set_rng_state(saved["rng"], device)  # rank 0's: every rank draws the same shapes, so they agree
+        if rank == 0 and config.progress:
+            print(f"resuming from iteration {iteration} of {config.iterations} in {out_dir}", flush=True)
         del saved
     resumed_from = last_saved = iteration
     periods = [update_period(parts, p) for p in parts]
@@ -451,7 +462,7 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
             while iteration < config.iterations:
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 7919 + rank)
                 batch = _batch(data, config.batch_size // world, gen, device)
-                lr = config.lr * min(1.0, (iteration + 1) / max(1, config.warmup_iterations))
+                lr = learning_rate(config, iteration)
                 for part, opt in zip(parts, opts):
                     for g in opt.param_groups:
                         g["lr"] = lr * part.lr_scale

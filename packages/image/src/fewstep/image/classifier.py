@@ -3,20 +3,21 @@
 Inception features mean little on 16x16 digits or 32x32 shapes, so fewstep trains its own small
 classifier per dataset and ships it in ``weights/``. It is trained on lightly augmented, and
 sometimes noisy or blurred, images so that its features stay stable on imperfect samples.
-Retrain a shipped copy with ``python -m fewstep.image.classifier --dataset digits``.
+Retrain a shipped copy with ``fewstep-image train-classifier digits``.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import time
+import contextlib
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from fewstep.core.checks import SaveEvery
 from fewstep.core.io import CheckpointError, load_state_into, load_weights, save_weights
+from fewstep.core.train import TrainConfig, train
 from fewstep.image.data import dataset_info, load_dataset
 from torch import nn
 
@@ -159,65 +160,75 @@ def train_classifier(
     width: int = 32,
     feat_dim: int = 128,
     progress: bool = True,
+    work_dir: str | Path | None = None,
+    save_every: SaveEvery | None = None,
+    resume: bool = True,
 ) -> tuple[Classifier, dict]:
     """Train a classifier on a dataset's train split: AdamW, warmup + cosine lr, augmentation.
 
-    Returns the model (eval mode, CPU) and a dict for the checkpoint card: dataset, test
-    accuracy and how it was made (recipe, seed, seconds).
+    Runs on the core train loop (``fewstep.core.train``), so a run with a ``work_dir`` saves every
+    ``save_every``, on Ctrl-C and SIGTERM, and resumes (``resume=False`` discards a saved run);
+    without one it checkpoints into a temporary folder. Returns the model (eval mode, CPU) and a
+    dict for the checkpoint card: dataset, test accuracy and how it was made.
     """
-    from tqdm.auto import tqdm
-
-    info = dataset_info(dataset_name)
     steps = DEFAULT_STEPS[dataset_name] if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps={steps}: train for at least 1 iteration")
+    info = dataset_info(dataset_name)
     x_train, y_train = load_dataset(dataset_name, "train")
     x_test, y_test = load_dataset(dataset_name, "test")
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     config = ClassifierConfig(info.channels, info.size, info.num_classes, width, feat_dim)
     model = Classifier(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
+    jitter = SCALE_JITTER.get(dataset_name, 0.05)
+    cfg = TrainConfig(iterations=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      warmup_iterations=max(1, steps // 20), lr_schedule="cosine", ema_decay=0.0, grad_clip=0.0,
+                      amp="off", seed=seed, progress=progress, **(save_every or SaveEvery()).fields())
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    def loss_fn(net, batch, gen):
+        return F.cross_entropy(net(augment(batch[0], gen, scale_jitter=jitter)), batch[1], label_smoothing=0.05)
 
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc=f"classifier {dataset_name}", disable=not progress)
-    for step in bar:
-        idx = torch.randint(len(x_train), (batch_size,), generator=g)
-        xb = augment(x_train[idx], g, scale_jitter=SCALE_JITTER.get(dataset_name, 0.05))
-        loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=0.05)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    seconds = time.perf_counter() - start
-    model.eval()
+    with tempfile.TemporaryDirectory() if work_dir is None else contextlib.nullcontext(work_dir) as work:
+        result = train(model, loss_fn, [x_train, y_train], cfg, Path(work),
+                       card={"kind": "classifier-run", "dataset": dataset_name, "config": asdict(config)}, resume=resume)
+    model = model.cpu().eval()
     made = {
         "dataset": dataset_name,
         "test_accuracy": accuracy(model, x_test, y_test),
         "n_test": len(y_test),
         "made": {
-            "by": f"fewstep.image.classifier.train_classifier (python -m fewstep.image.classifier "
-            f"--dataset {dataset_name} --steps {steps} --seed {seed})",
+            "by": f"fewstep-image train-classifier {dataset_name} --iterations {steps} --seed {seed}",
             "steps": steps,
             "seed": seed,
             "batch_size": batch_size,
             "lr": lr,
             "weight_decay": weight_decay,
-            "optimizer": "AdamW, linear warmup then cosine decay, label smoothing 0.05",
+            "optimizer": "AdamW, linear warmup then cosine decay, label smoothing 0.05 (fewstep.core.train)",
             "augmentation": "shift +-2 px, scale jitter, partial 3x3 blur, Gaussian noise",
-            "train_seconds": round(seconds, 1),
+            "train_seconds": round(result.seconds, 1),
             "torch": torch.__version__,
         },
     }
     return model, made
+
+
+def retrain_classifier(
+    dataset_name: str,
+    out: str | Path,
+    iterations: int | None = None,
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    save_every: SaveEvery | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train with the shipped recipe and save at ``out`` (resumable from ``work_dir``, default
+    ``out.work``); returns the card facts (test accuracy, recipe)."""
+    work = Path(work_dir) if work_dir is not None else Path(f"{out}.work")
+    model, made = train_classifier(dataset_name, steps=iterations, seed=seed, progress=progress, work_dir=work,
+                                   save_every=save_every, resume=resume)
+    save_classifier(model, out, made)
+    return made
 
 
 # ------------------------------------------------------------------------------------- save/load
@@ -241,24 +252,3 @@ def load_classifier(path) -> Classifier:
     model = Classifier(config)
     load_state_into(model, tensors, str(path))
     return model.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Retrain a dataset's classifier on one CPU thread and save it (default: the shipped copy)."""
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--dataset", required=True, choices=sorted(DEFAULT_STEPS))
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="checkpoint stem; default: the shipped weights")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, made = train_classifier(args.dataset, steps=args.steps, seed=args.seed)
-    out = args.out or classifier_path(args.dataset)
-    path = save_classifier(model, out, made)
-    kb = path.stat().st_size / 1024
-    print(f"test accuracy {made['test_accuracy']:.4f}; saved {path} ({kb:.0f} KiB)")
-
-
-if __name__ == "__main__":
-    main()

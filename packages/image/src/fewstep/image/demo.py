@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from fewstep.core.io import write_text_atomic
 
 from .compression_report import compare_compression
 from .evaluate import EvalConfig, evaluate_denoiser, generate
@@ -150,7 +151,7 @@ def run_demo(
     compression = compare_compression(models[0], n, seed, log, compression_steps, prune_iters)
     students = compare_students(n, seed, log)
     plot_quality(rows, out / "quality_vs_nfe.png")
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(rows, indent=2))
     table = [
         "| model | solver | steps | NFE | dFD | accuracy | precision | recall | ms / sample |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -196,6 +197,6 @@ def run_demo(
         "",
         *sections,
     ]
-    (out / "report.md").write_text("\n".join(report))
+    write_text_atomic(out / "report.md", "\n".join(report))
     log(f"wrote {out / 'report.md'} in {wall:.0f} s")
     return out / "report.md"

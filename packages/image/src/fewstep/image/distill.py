@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
+from fewstep.core.checks import SaveEvery
 from fewstep.core.distill import DistillConfig, TrajectoryConfig, distill, make_objective
+from fewstep.core.io import write_text_atomic
 from fewstep.core.train import TrainConfig
 
 from .data import load_dataset
@@ -55,6 +56,8 @@ def run_distill(
     log: Callable[[str], None] = print,
     trajectories: int | None = None,
     reward: Callable | str | None = None,
+    save_every: SaveEvery | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Train, save and evaluate one student; returns (and writes to ``out.report.json``) the report.
 
@@ -62,10 +65,12 @@ def run_distill(
     ``reward``: for methods that maximise one (``flash-dmd`` with reward_weight > 0), a callable
     (x, cond) -> (B,) or ``"classifier"`` for the teacher dataset's ``classifier_reward``.
     """
+    student_eval = EvalConfig(n=eval_n, seed=seed)  # checked now, not after training
+    teacher_eval = EvalConfig(solver="dpmpp_2m", num_steps=student_steps, n=eval_n, seed=seed, denoise_to_zero=True)
     den = load_model(teacher)
     dataset = dataset_of(den)
     objective = make_objective(method, **(options or {}))
-    train_cfg = replace(BUDGET, seed=seed, progress=progress,
+    train_cfg = replace(BUDGET, seed=seed, progress=progress, **(save_every or SaveEvery()).fields(),
                         **{k: v for k, v in {"iterations": iterations, "batch_size": batch_size, "lr": lr}.items() if v is not None})
     traj = TRAJECTORIES.get(dataset, TrajectoryConfig())
     if trajectories is not None:
@@ -80,10 +85,10 @@ def run_distill(
         raise ValueError(f"reward={reward!r}: give a callable (x, cond) -> (B,) or 'classifier'")
     log(f"distilling {teacher} with {method} into a {student_steps}-step student ({train_cfg.iterations} iterations, batch {train_cfg.batch_size})")
     res = distill(den, objective, cfg, out, data=data, work_dir=work_dir, card={"teacher": str(teacher)}, progress=progress,
-                  reward=reward)
+                  reward=reward, resume=resume)
     student = res.student
-    q = evaluate_denoiser(student, EvalConfig(n=eval_n, seed=seed))
-    base = evaluate_denoiser(den, EvalConfig(solver="dpmpp_2m", num_steps=student_steps, n=eval_n, seed=seed, denoise_to_zero=True))
+    q = evaluate_denoiser(student, student_eval)
+    base = evaluate_denoiser(den, teacher_eval)
     report = {
         "method": method,
         "teacher": str(teacher),
@@ -99,7 +104,7 @@ def run_distill(
         "objective": objective.describe(),
         "checkpoint": str(out),
     }
-    Path(f"{out}.report.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(f"{out}.report.json", json.dumps(report, indent=2))
     log(
         f"{method} {student_steps}-step student: dFD {q['dfd']:.3f} | accuracy {q['accuracy']:.3f} | recall {q['recall']:.3f} | "
         f"NFE {q['nfe']:.0f} | {q['seconds_per_sample'] * 1e3:.2f} ms/sample | trained {res.seconds:.0f} s; "

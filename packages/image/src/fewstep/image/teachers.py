@@ -19,6 +19,7 @@ from fewstep.core.denoiser import Denoiser
 from fewstep.core.losses import DenoisingLoss
 from fewstep.core.nets import UNet, UNetConfig
 from fewstep.core.schedules import VPDiscrete
+from fewstep.core.checks import SaveEvery
 from fewstep.core.train import TrainConfig, train
 
 from .data import dataset_info, load_dataset
@@ -73,23 +74,30 @@ def train_teacher(
     seed: int = 0,
     progress: bool = True,
     strategy: str = "ddp",
+    save_every: SaveEvery | None = None,
+    resume: bool = True,
 ) -> Denoiser:
     """Train the recipe's teacher from scratch (resuming from ``work_dir`` if it holds a checkpoint).
-    ``strategy``: "ddp" or "fsdp" under torchrun (``TrainConfig.strategy``).
+    ``strategy``: "ddp" or "fsdp" under torchrun (``TrainConfig.strategy``); ``save_every``: how
+    often the resumable checkpoint is written (default every 2 minutes); ``resume=False`` discards
+    a saved run in ``work_dir``.
 
     Writes the EMA weights as a Denoiser checkpoint at ``out`` (``out.safetensors`` + ``out.json``).
     """
     if dataset not in RECIPES:
         raise ValueError(f"no teacher recipe for {dataset!r}; known: {sorted(RECIPES)}")
     recipe = RECIPES[dataset]
-    cfg = replace(recipe.train, seed=seed, progress=progress, strategy=strategy, **({"iterations": steps} if steps else {}))
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps={steps}: train for at least 1 iteration (None: the recipe's {recipe.train.iterations})")
+    cfg = replace(recipe.train, seed=seed, progress=progress, strategy=strategy, **(save_every or SaveEvery()).fields(),
+                  **({"iterations": steps} if steps is not None else {}))
     den = build_teacher(recipe)
     x, y = load_dataset(dataset, "train")
     work = Path(work_dir) if work_dir else Path(f"{out}.work")
     loss = DenoisingLoss()
     card = {"made_by": "fewstep-image train-teacher", "dataset": dataset, "train_config": asdict(cfg)}
     t0 = time.perf_counter()
-    result = train(den, lambda model, batch, gen: loss(model, den, batch[0], batch[1], gen), [x, y], cfg, work, card)
+    result = train(den, lambda model, batch, gen: loss(model, den, batch[0], batch[1], gen), [x, y], cfg, work, card, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         ema_net = {k[len("net."):]: v for k, v in result.ema.items() if k.startswith("net.")}
         den.card = den.card.with_provenance(**{

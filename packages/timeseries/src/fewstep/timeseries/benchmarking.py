@@ -39,14 +39,20 @@ def _fmt_table(rows: list[dict]) -> str:
 def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deepar_epochs: int = 20,
                 out_dir: Path | None = None, fast: tuple[tuple[str, int, float], ...] = FAST,
                 scale: float = 4.0, seed: int = 0, progress: bool = True, windows: int | None = None,
-                hidden: int = 64, students: tuple[tuple[str, int], ...] = (), student_iters: int = 600) -> dict:
-    """Train TSDiff on ``name``'s training part and score every method on its test windows."""
+                hidden: int = 64, students: tuple[tuple[str, int], ...] = (), student_iters: int = 600,
+                save_every: int | None = None, save_every_seconds: float | None = 120.0, resume: bool = True) -> dict:
+    """Train TSDiff on ``name``'s training part and score every method on its test windows.
+
+    Training resumes from ``out_dir`` when it holds a run with the same settings (``resume=False``
+    starts over); the resumable state is written every ``save_every`` iterations or
+    ``save_every_seconds`` of work."""
     p = RECIPES[name][0]
     data = load(name, p, windows)
     cfg = recipe_config(name, data.freq, hidden=hidden)
     run_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"tsdiff-{name}-"))  # reused: resumes
-    settings = TrainSettings(iterations=train_steps, seed=seed, progress=progress)
-    den, result = train_tsdiff(cfg, data.train, settings, run_dir / "train")
+    saving = {"save_every": save_every, "save_every_seconds": save_every_seconds}
+    settings = TrainSettings(iterations=train_steps, seed=seed, progress=progress, **saving)
+    den, result = train_tsdiff(cfg, data.train, settings, run_dir / "train", resume=resume)
     save_tsdiff(den, run_dir / "model", {"data": name})
     rows, kept = [], {}
 
@@ -68,7 +74,7 @@ def run_dataset(name: str, train_steps: int = 1500, num_samples: int = 100, deep
     for method, k in students:  # a few-step student distilled from this teacher by the core's objective
         t0 = time.perf_counter()
         student = distill_tsdiff(den, data.train, run_dir / f"student-{method}{k}", method, k, iterations=student_iters,
-                                 seed=seed, progress=progress)
+                                 seed=seed, progress=progress, resume=resume, **saving)
         student_seconds[f"{method}{k}"] = time.perf_counter() - t0
         s = default_scale(k)
         add(f"TSDiff {method} student, {k} steps (scale {s:g})", tsdiff_predictor(student, GuidanceConfig(scale=s, solver="auto"),

@@ -54,17 +54,31 @@ def check_freq(freq: str) -> str:
     return freq
 
 
-def check_series(values: np.ndarray, name: str) -> np.ndarray:
-    """A finite 1-D float32 array, or a ValueError that says what to do."""
+# Values are modelled in float32, and scaling squares them (std scaling) or sums a context of them
+# (mean scaling): beyond this magnitude that overflows, so such a series is refused with advice.
+MAX_ABS_VALUE = 1e15
+
+
+def check_series(values: np.ndarray, name: str, where: str = "positions", base: int = 0) -> np.ndarray:
+    """A finite 1-D float32 array, or a ValueError that says what to do (``where``: what the
+    reported indices count, from ``base``; e.g. "data rows" from 1 for a CSV)."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
         raise ValueError(f"series {name!r} must be 1-D, got shape {v.shape}")
     bad = ~np.isfinite(v)
     if bad.any():
-        where = np.flatnonzero(bad)[:5].tolist()
+        at = (np.flatnonzero(bad)[:5] + base).tolist()
         raise ValueError(
-            f"series {name!r} has {int(bad.sum())} missing or infinite values (first at positions {where}); "
+            f"series {name!r} has {int(bad.sum())} missing or infinite values (first at {where} {at}); "
             f"fill them before forecasting, e.g. pandas' df.interpolate() or df.ffill(), or drop those rows"
+        )
+    big = np.abs(v) > MAX_ABS_VALUE
+    if big.any():
+        first = int(np.flatnonzero(big)[0])
+        raise ValueError(
+            f"series {name!r} has {int(big.sum())} value(s) too large to model (first at {where.rstrip('s')} {first + base}: "
+            f"{v[first]:g}; the limit is +-{MAX_ABS_VALUE:g}); rescale the series (e.g. divide it by 1e6) and "
+            f"multiply the forecasts back"
         )
     return v.astype(np.float32)
 
@@ -158,47 +172,160 @@ def statsmodels_series(name: str, prediction_length: int | None = None, windows:
         values, freq, start, horizon = d["volume"].to_numpy(), "Y", pd.Period("1871", freq="Y"), 5
     else:
         raise ValueError(f"unknown statsmodels series {name!r}; use one of {STATSMODELS}")
-    return split([(name, start, values)], freq, prediction_length or horizon, windows, name)
+    return split([(name, start, values)], freq, horizon if prediction_length is None else prediction_length, windows, name)
+
+
+CSV_EXPECTED = "a CSV text file with a header row, a timestamp column (dates such as 2024-01-31) and one or more numeric value columns"
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The CSV as a DataFrame, or a ValueError naming the file and saying what is expected."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head.strip():
+        raise ValueError(f"{path}: the file is empty; expected {CSV_EXPECTED}")
+    if b"\x00" in head:
+        raise ValueError(f"{path}: this is a binary file (it holds NUL bytes), not a CSV; expected {CSV_EXPECTED} "
+                         f"(a UTF-16 text file must be saved as UTF-8 first)")
+    try:
+        df = pd.read_csv(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (a binary file, or text in another encoding); expected "
+                         f"{CSV_EXPECTED}, saved as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: holds no columns; expected {CSV_EXPECTED}") from None
+    except pd.errors.ParserError as e:
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a well-formed CSV ({detail}); expected {CSV_EXPECTED}") from None
+    # A pandas index written by ``df.to_csv(path)`` (without index=False): not a series of the data.
+    for c in list(df.columns):
+        if str(c).startswith("Unnamed: ") and pd.api.types.is_integer_dtype(df[c]) and \
+                (df[c].to_numpy() == np.arange(len(df))).all():
+            df = df.drop(columns=[c])
+    if len(df) == 0:
+        raise ValueError(f"{path}: has a header ({', '.join(map(str, df.columns))}) but no data rows")
+    return df
+
+
+def _is_annual(freq: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "Y" is deprecated in favour of "YE"
+        offset = pd.tseries.frequencies.to_offset(freq)
+    return isinstance(offset, (pd.offsets.YearEnd, pd.offsets.YearBegin)) and offset.n == 1
+
+
+def _date_columns(df: pd.DataFrame, skip: str) -> list[str]:
+    """Columns other than ``skip`` whose first values read as dates (for a hint)."""
+    found = []
+    for c in df.columns:
+        if c == skip or pd.api.types.is_numeric_dtype(df[c]):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pd.to_datetime(df[c].dropna().iloc[:5])
+            found.append(str(c))
+        except (ValueError, TypeError):
+            pass
+    return found
+
+
+def _periods(path: Path, df: pd.DataFrame, ts_col: str, freq: str, given: bool) -> tuple[pd.PeriodIndex, list[str]]:
+    """The rows' periods at ``freq`` and their labels (for messages), from the timestamp column.
+
+    Dates and date-times are read as such. Numbers are never read as nanoseconds since 1970 (what
+    pandas would do): whole numbers are taken as years when ``freq`` is yearly (a ``year,value``
+    CSV), and refused otherwise with a message saying what to give.
+    """
+    col = df[ts_col]
+    if pd.api.types.is_bool_dtype(col):
+        raise ValueError(f"{path}: column {ts_col!r} holds true/false values, not timestamps; pass --timestamp-column")
+    if pd.api.types.is_numeric_dtype(col):
+        v = col.to_numpy(dtype=np.float64)
+        whole = bool(np.isfinite(v).all() and (v == np.round(v)).all())
+        if whole and _is_annual(freq) and ((v >= 1) & (v <= 9999)).all():
+            periods = pd.PeriodIndex([pd.Period(year=int(y), freq=freq) for y in v], freq=freq)
+            return periods, [str(int(y)) for y in v]
+        shown = ", ".join(f"{x:g}" for x in v[:3])
+        others = _date_columns(df, ts_col)
+        hint = (f"pass --timestamp-column {others[0]!r} (that column holds dates; remove {ts_col!r} from the file "
+                f"unless it is a series to forecast)" if others and not given
+                else "give a column of dates such as 2024-01-31 or 2024-01-31 13:00 and name it with --timestamp-column")
+        years = " (whole numbers are read as years only with a yearly --freq Y)" if whole else ""
+        raise ValueError(
+            f"{path}: the timestamp column {ts_col!r} holds numbers ({shown}, ...), not dates; fewstep-ts does not read "
+            f"numbers as timestamps{years}: {hint}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" note
+            stamps = pd.to_datetime(col)
+    except (ValueError, TypeError, OverflowError) as e:
+        others = _date_columns(df, ts_col)
+        hint = f"pass --timestamp-column {others[0]!r}" if others and not given else "pass --timestamp-column NAME"
+        raise ValueError(f"{path}: column {ts_col!r} does not hold timestamps ({e}); {hint}") from None
+    if stamps.isna().any():
+        row = int(np.flatnonzero(stamps.isna().to_numpy())[0]) + 1
+        raise ValueError(f"{path}: the timestamp column {ts_col!r} is empty at data row {row}; fill or drop that row")
+    if getattr(stamps.dt, "tz", None) is not None:
+        stamps = stamps.dt.tz_localize(None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Converting to PeriodArray will drop timezone information"
+        periods = pd.PeriodIndex(stamps.dt.to_period(freq))
+    return periods, [str(x) for x in stamps]
 
 
 def from_csv(
     path: str | Path, freq: str, prediction_length: int, windows: int = 1, timestamp_column: str | None = None,
 ) -> SeriesData:
-    """A CSV with a timestamp column and one or more value columns (one series per value column)."""
+    """A CSV with a timestamp column and one or more value columns (one series per value column).
+
+    The timestamp column (default: the first) holds dates or date-times, one row per ``freq``
+    period; with a yearly ``freq`` it may hold the years themselves (1990, 1991, ...). Other
+    numbers are refused rather than read as nanoseconds since 1970. An unnamed first column that
+    is pandas' row index (``df.to_csv`` without ``index=False``) is ignored.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such CSV file")
+        raise FileNotFoundError(f"{path}: no such CSV file" if not path.exists() else f"{path}: is not a file (a CSV file is expected)")
     check_freq(freq)
-    df = pd.read_csv(path)
+    df = _read_csv(path)
     if df.shape[1] < 2:
         raise ValueError(f"{path}: need a timestamp column and at least one value column, got columns {list(df.columns)}")
     ts_col = timestamp_column or df.columns[0]
     if ts_col not in df.columns:
         raise ValueError(f"{path}: no column {ts_col!r}; columns are {list(df.columns)}")
-    try:
-        stamps = pd.to_datetime(df[ts_col])
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: column {ts_col!r} does not hold timestamps ({e}); pass --timestamp-column") from None
+    periods, labels = _periods(path, df, ts_col, freq, timestamp_column is not None)
     values = df.drop(columns=[ts_col])
-    non_numeric = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
-    if non_numeric:
-        raise ValueError(f"{path}: value columns {non_numeric} are not numeric; keep only numbers besides {ts_col!r}")
-    expected = pd.period_range(pd.Period(stamps.iloc[0], freq=freq), periods=len(stamps), freq=freq)
-    got = stamps.dt.to_period(freq)
-    if not (got.to_numpy() == expected.to_numpy()).all():
-        first = int(np.flatnonzero(got.to_numpy() != expected.to_numpy())[0])
+    for c in values.columns:
+        if not pd.api.types.is_numeric_dtype(values[c]) or pd.api.types.is_bool_dtype(values[c]):
+            parsed = pd.to_numeric(values[c], errors="coerce")
+            bad = np.flatnonzero((parsed.isna() & values[c].notna()).to_numpy())
+            at = f" (data row {int(bad[0]) + 1}: {values[c].iloc[int(bad[0])]!r})" if len(bad) else ""
+            raise ValueError(
+                f"{path}: value column {str(c)!r} is not numeric{at}; keep only numbers besides the timestamp column "
+                f"{ts_col!r}, or name the timestamp column with --timestamp-column"
+            )
+    expected = pd.period_range(periods[0], periods=len(periods), freq=freq)
+    mismatch = np.flatnonzero(periods.to_numpy() != expected.to_numpy())
+    if len(mismatch):
+        first = int(mismatch[0])
         raise ValueError(
-            f"{path}: timestamps are not regular at frequency {freq!r} (row {first}: {stamps.iloc[first]} but "
+            f"{path}: timestamps are not regular at frequency {freq!r} (data row {first + 1}: {labels[first]} but "
             f"{expected[first]} was expected); pass the data's real --freq, or resample the data to one row per period"
         )
-    series = [(str(c), expected[0], values[c].to_numpy()) for c in values.columns]
+    try:
+        series = [(str(c), expected[0], check_series(values[c].to_numpy(), str(c), "data rows", base=1))
+                  for c in values.columns]
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return split(series, freq, prediction_length, windows, path.stem)
 
 
 def load(name: str, prediction_length: int | None = None, windows: int | None = None) -> SeriesData:
     """Any built-in source by name: one of ARTIFICIAL or STATSMODELS."""
     if name in ARTIFICIAL:
-        return artificial(name, prediction_length or 24, windows or 2)
+        return artificial(name, 24 if prediction_length is None else prediction_length, 2 if windows is None else windows)
     if name in STATSMODELS:
-        return statsmodels_series(name, prediction_length, windows or 3)
+        return statsmodels_series(name, prediction_length, 3 if windows is None else windows)
     raise ValueError(f"unknown dataset {name!r}; built-in ones are {ARTIFICIAL + STATSMODELS}, or pass --csv FILE")

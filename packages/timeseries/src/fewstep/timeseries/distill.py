@@ -11,11 +11,11 @@ self-guidance at the student's NFE.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.distill import DistillConfig, distill, make_objective
+from fewstep.core.io import checkpoint_stem
 from fewstep.core.train import TrainConfig
 from gluonts.dataset.common import Dataset
 
@@ -39,9 +39,14 @@ def distill_tsdiff(
     options: dict[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    save_every: int | None = None,
+    save_every_seconds: float | None = 120.0,
+    resume: bool = True,
 ) -> Denoiser:
     """Distil ``teacher`` into a ``student_steps``-step student with ``method``; saves ``out`` (+ card), resumes
-    from ``out.work`` if interrupted, and returns the student (eval mode)."""
+    from ``out.work`` if interrupted (same settings only; ``resume=False`` starts over), and returns the
+    student (eval mode). ``out`` is a checkpoint stem: ``s``, ``s.json`` and ``s.safetensors`` all name ``s``.
+    The resumable state is written every ``save_every`` iterations or ``save_every_seconds`` of work."""
     cfg = tsdiff_config(teacher)
     objective = make_objective(method, **(options or {}))
     if objective.data != "real":
@@ -51,10 +56,11 @@ def distill_tsdiff(
         )
     x, cond = training_windows(cfg, train_data, windows, seed)
     train = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, warmup_iterations=min(50, iterations), ema_decay=0.995,
-                        seed=seed, progress=progress)
-    out = Path(out)
+                        seed=seed, progress=progress, save_every=save_every, save_every_seconds=save_every_seconds)
+    out = checkpoint_stem(out)
     res = distill(teacher.eval(), objective, DistillConfig(student_steps=student_steps, train=train), out, data=(x, cond),
-                  work_dir=out.with_name(out.name + ".work"), card={"teacher_tsdiff": cfg.to_dict()}, progress=progress)
+                  work_dir=out.with_name(out.name + ".work"), card={"teacher_tsdiff": cfg.to_dict()}, progress=progress,
+                  resume=resume)
     student = res.student.eval()
     tsdiff_config(student)  # the window settings ride along from the teacher's info
     return student

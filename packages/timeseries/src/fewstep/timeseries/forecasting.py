@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fewstep.core.denoiser import Denoiser
+from fewstep.core.io import write_text_atomic
 from gluonts.dataset.common import ListDataset
 
 from .data import SeriesData
@@ -35,7 +36,7 @@ def forecast_future(den: Denoiser, data: SeriesData, guidance: GuidanceConfig, n
         rows.append(pd.DataFrame({"item_id": e.get("item_id"), "timestamp": idx.astype(str), **qs}))
     table = pd.concat(rows, ignore_index=True)
     if out_csv is not None:
-        table.to_csv(out_csv, index=False)
+        write_text_atomic(out_csv, table.to_csv(index=False))  # a reader never sees half a file
     if plot is not None:
         from .plot import plot_forecasts
 

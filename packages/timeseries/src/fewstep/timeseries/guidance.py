@@ -14,11 +14,13 @@ rule (``solver="auto"``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from fewstep.core import checks
 from fewstep.core.denoiser import Denoiser
-from fewstep.core.solvers import sample
+from fewstep.core.solvers import resolve_rule, sample, sampling_grid
 from torch import Tensor, nn
 
 ENERGIES = ("quantile", "mse")
@@ -43,8 +45,8 @@ class GuidanceConfig:
     def __post_init__(self):
         if self.energy not in ENERGIES:
             raise ValueError(f"energy={self.energy!r}; use one of {ENERGIES}")
-        if self.scale < 0:
-            raise ValueError(f"guidance scale {self.scale} must be >= 0 (0 = unguided)")
+        if not math.isfinite(self.scale) or self.scale < 0:
+            raise ValueError(f"guidance scale {self.scale} must be a finite number >= 0 (0 = unguided)")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps={self.num_steps}: sampling needs at least 1 step")
 
@@ -94,6 +96,8 @@ class ObservationGuided(nn.Module):
             raise ValueError(f"observation {tuple(obs.shape)} and mask {tuple(mask.shape)} must have the same shape")
         self.denoiser = denoiser
         self.obs, self.mask, self.scale, self.kind, self.q = obs, mask.to(obs.dtype), float(scale), kind, q
+        self.calls = 0  # denoiser calls so far (named when a value stops being finite)
+        self.grid: Tensor | None = None  # the sampling grid's times, if the caller knows them (step numbers)
         # What the core sampler reads from a Denoiser.
         self.schedule = denoiser.schedule
         self.card = denoiser.card
@@ -103,25 +107,72 @@ class ObservationGuided(nn.Module):
                 kind: str = "x0") -> Tensor:
         if kind != "x0":
             raise ValueError("ObservationGuided returns x0 only (what the core solvers ask for)")
+        self.calls += 1
+        self._check(x, t, "the sample entering this step (the previous step's update)")
         if self.scale == 0:
-            return self.denoiser(x, t, cond, guidance)
+            x0 = self.denoiser(x, t, cond, guidance)
+            self._check(x0, t, "the model's x0 prediction")
+            return x0
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0 = self.denoiser(x_in, t, cond, guidance)
+            self._check(x0, t, "the model's x0 prediction")
             (grad,) = torch.autograd.grad(energy(x0, self.obs, self.mask, self.kind, self.q), x_in)
+        self._check(grad, t, "the guidance gradient")
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         c = (self.scale * sigma**2 / alpha).to(x.dtype)
         c = c.reshape(-1, *([1] * (x.ndim - 1))) if c.ndim else c
-        return x0.detach() - c * grad
+        out = x0.detach() - c * grad
+        self._check(out, t, "the guided x0 prediction")
+        return out
+
+    def _check(self, v: Tensor, t, what: str) -> None:
+        """Stop at the first non-finite value with a message naming the step and the time."""
+        if bool(torch.isfinite(v).all()):
+            return
+        tt = float(torch.as_tensor(t, dtype=torch.float64).reshape(-1)[0])
+        where = f"denoiser call {self.calls}"
+        if self.grid is not None and len(self.grid) > 1:
+            # The step whose interval holds t (a multi-stage solver calls inside its step's interval).
+            step = int((self.grid[:-1] >= tt - 1e-12).sum().clamp(min=1))
+            where = f"step {step} of {len(self.grid) - 1} ({where})"
+        raise FloatingPointError(
+            f"guided sampling produced NaN/inf at {where}, diffusion time t={tt:.4g}: {what} is not finite. "
+            f"Lower the guidance --scale (now {self.scale:g}), use more --num-steps or another --solver, or check "
+            f"the model's weights and the data's scale"
+        )
+
+
+def sampling_bytes(rows: int, channels: int, length: int, hidden: int = 64, layers: int = 3) -> int:
+    """Rough peak memory of one guided denoiser call over ``rows`` windows of (channels, length):
+    the S4 net's activations kept for the guidance gradient (about 20 hidden-width tensors of the
+    window length per block, from autograd's saved tensors) plus the sample, noise and
+    observation copies, in float32."""
+    return int(rows) * 4 * int(length) * (20 * int(hidden) * int(layers) + 8 * int(channels))
+
+
+def check_sampling_size(den: Denoiser, batch: int, num_samples: int) -> None:
+    """Refuse, before allocating, guided sampling of ``batch`` series x ``num_samples`` that cannot fit."""
+    shape = den.sample_shape or (1, 1)
+    net = getattr(getattr(den, "net", None), "config", None)
+    need = sampling_bytes(batch * num_samples, shape[0], shape[-1], getattr(net, "hidden", 64), getattr(net, "layers", 3))
+    checks.check_fits(need, f"guided sampling of {batch} series x {num_samples:,} samples", "lower --num-samples")
 
 
 def guided_sample(
     den: Denoiser, obs: Tensor, mask: Tensor, num_samples: int, config: GuidanceConfig,
     cond: Tensor | None = None, generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``num_samples`` guided samples per row of ``obs`` (B, C, L): returns (B, S, C, L)."""
+    """``num_samples`` guided samples per row of ``obs`` (B, C, L): returns (B, S, C, L).
+
+    Non-finite observations are refused; a non-finite value during sampling stops it with a
+    FloatingPointError naming the step and the diffusion time."""
     b = obs.shape[0]
+    check_sampling_size(den, b, num_samples)
+    observed = mask.to(torch.bool)
+    if not bool(torch.isfinite(torch.where(observed, obs, torch.zeros_like(obs))).all()):
+        raise ValueError("the observed window holds NaN/inf (after scaling): check the series for huge values or gaps")
     rows = obs.repeat_interleave(num_samples, 0)
     model = ObservationGuided(
         den, rows, mask.repeat_interleave(num_samples, 0), config.scale, config.energy,
@@ -131,6 +182,11 @@ def guided_sample(
     noise = torch.randn(rows.shape, generator=generator, dtype=rows.dtype).to(rows.device)
     c = cond.repeat_interleave(num_samples, 0) if cond is not None else None
     grid = config.grid if config.solver != "auto" else None
+    try:
+        spec, n, g, _ = resolve_rule(den, config.solver, steps, grid)
+        model.grid = sampling_grid(den.schedule, n, g, not spec.own_finish)
+    except (ValueError, TypeError, KeyError):
+        model.grid = None  # sample() below reports a bad solver or grid itself
     x = sample(model, noise, solver=config.solver, num_steps=steps, grid=grid, cond=c, generator=generator,
                denoise_to_zero=True)
     return x.reshape(b, num_samples, *obs.shape[1:])

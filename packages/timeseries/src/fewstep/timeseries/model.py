@@ -61,22 +61,46 @@ class TrainSettings:
     warmup_iterations: int = 100
     seed: int = 0
     progress: bool = True
+    save_every: int | None = None  # write the resumable checkpoint every this many iterations ...
+    save_every_seconds: float | None = 120.0  # ... or after this much work (always at the end and when stopped)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             iterations=self.iterations, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
             warmup_iterations=self.warmup_iterations, seed=self.seed, progress=self.progress,
+            save_every=self.save_every, save_every_seconds=self.save_every_seconds,
         )
+
+
+def check_training_size(cfg: TSDiffConfig, settings: TrainSettings) -> None:
+    """Refuse, before allocating, a model or training run that cannot fit in memory: the weights with
+    their gradients, Adam moments and EMA (5 copies), the drawn training windows, and one batch's
+    activations (what a guided call keeps, :func:`guidance.sampling_bytes`, twice for training)."""
+    from fewstep.core import checks
+
+    from .guidance import sampling_bytes
+
+    h, n = cfg.hidden, cfg.layers
+    params = n * (3 * h * h + 4 * h * cfg.state + 8 * h) + 4 * h * h + 4 * h * cfg.channels  # blocks + time MLP + in/out
+    checks.check_fits(5 * 4 * params, f"a TSDiff of hidden {h} x {n} layers", "lower --hidden or --layers")
+    windows = 4 * settings.windows * cfg.length * (cfg.channels + 12)
+    batch = 2 * sampling_bytes(settings.batch_size, cfg.channels, cfg.length, h, n)
+    checks.check_fits(windows + batch, f"training on windows of {cfg.length} steps (context + prediction)",
+                      "lower --context-length, --prediction-length or --hidden")
 
 
 def train_tsdiff(
     cfg: TSDiffConfig, train_data: Dataset, settings: TrainSettings, out_dir: str | os.PathLike,
-    den: Denoiser | None = None,
+    den: Denoiser | None = None, resume: bool = True,
 ) -> tuple[Denoiser, TrainResult]:
     """Train TSDiff with ``fewstep.core.train.train`` (denoising loss, EMA, atomic checkpoints, resume).
 
+    A checkpoint in ``out_dir`` made with the same settings is resumed from (other settings are
+    refused with the differing keys); ``resume=False`` discards it and starts over (``--restart``).
     Returns the Denoiser holding the EMA weights (in eval mode) and the training result.
     """
+    if den is None:
+        check_training_size(cfg, settings)
     den = den if den is not None else build_tsdiff(cfg, settings.seed)
     x, cond = training_windows(cfg, train_data, settings.windows, settings.seed)
     loss = DenoisingLoss()
@@ -85,7 +109,7 @@ def train_tsdiff(
         return loss(model, den, batch[0], batch[1], gen)
 
     result = train(den, loss_fn, [x, cond], settings.train_config(), out_dir,
-                   card={"tsdiff": cfg.to_dict(), "train": asdict(settings)})
+                   card={"tsdiff": cfg.to_dict(), "train": asdict(settings)}, resume=resume)
     den.load_state_dict(result.ema)
     return den.eval(), result
 

@@ -31,9 +31,19 @@ class TSDiffForecaster(nn.Module):
                 future_time_feat: Tensor | None = None) -> Tensor:
         cfg = self.cfg
         w = window(cfg, past_target, past_observed_values, None, past_time_feat, future_time_feat)
+        if not (bool(torch.isfinite(w.scale).all()) and bool(torch.isfinite(w.loc).all())):
+            raise FloatingPointError("the context's scale is NaN/inf (values too large for float32?): rescale the series")
         x = guided_sample(self.den, w.x, w.mask, self.num_samples, self.guidance, w.cond, self.generator)
         y = x[:, :, 0, -cfg.prediction_length :]  # target channel, prediction part: (B, S, P)
-        return w.unscale(y)
+        out = w.unscale(y)
+        if not bool(torch.isfinite(out).all()):
+            bad = torch.nonzero(~torch.isfinite(out))[0].tolist()
+            raise FloatingPointError(
+                f"the forecast is NaN/inf in data units (series {bad[0]} of the batch, sample {bad[1]}, horizon step "
+                f"{bad[2] + 1}) although the sampler's output was finite: the series' values are too large for float32; "
+                f"rescale the series"
+            )
+        return out
 
 
 def tsdiff_predictor(

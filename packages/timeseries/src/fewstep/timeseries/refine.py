@@ -15,6 +15,7 @@ rebuilt from (history, y) at every step, so the window the model scores is alway
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,7 +55,8 @@ class RefineConfig:
             raise ValueError(f"refine method {self.method!r}; use one of {METHODS}")
         if self.prior not in ("quantile", "mse"):
             raise ValueError(f"prior={self.prior!r}; use 'quantile' or 'mse'")
-        if self.iterations < 1 or self.step_size <= 0 or not 0 < self.t_frac <= 1 or self.prior_weight < 0:
+        if self.iterations < 1 or not (self.step_size > 0 and math.isfinite(self.step_size)) or not 0 < self.t_frac <= 1 \
+                or not (self.prior_weight >= 0 and math.isfinite(self.prior_weight)):
             raise ValueError("need iterations >= 1, step_size > 0, 0 < t_frac <= 1 and prior_weight >= 0")
 
 
@@ -79,7 +81,9 @@ def refine_window(den: Denoiser, prior: Tensor, context: Tensor, y0: Tensor, con
     q = sample_quantiles(n // s, s) if config.prior == "quantile" else None
     y = y0.detach().clone()
     eta = config.step_size
-    for _ in range(config.iterations):
+    if not bool(torch.isfinite(y0).all()):
+        raise ValueError("the base forecast to refine holds NaN/inf (after scaling): check the base predictor and the data")
+    for it in range(config.iterations):
         with torch.enable_grad():
             y.requires_grad_(True)
             x = stack_lags(cfg, prior, torch.cat([context, y], 1))
@@ -90,6 +94,11 @@ def refine_window(den: Denoiser, prior: Tensor, context: Tensor, y0: Tensor, con
         if config.method == "langevin":
             xi = torch.randn(y.shape, generator=gen, dtype=y.dtype)
             y = y + (2 * eta) ** 0.5 * config.noise_scale * xi  # Langevin noise (Eq. 13)
+        if not bool(torch.isfinite(y).all()):
+            raise FloatingPointError(
+                f"refinement diverged: the forecast became NaN/inf at iteration {it + 1} of {config.iterations} "
+                f"({config.method}, step size {eta:g}); lower --step-size"
+            )
     return y.detach()
 
 

@@ -8,6 +8,7 @@ carries its step count and sampling rule.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from ..checkpoints import save_denoiser
 from ..denoiser import Denoiser
+from ..locks import writing
 from ..prune.cost import SavedTensorBytes
 from ..train import TrainConfig, init_distributed, train
 from .base import DATA_KINDS, DistillModule, Objective, make_student
@@ -104,13 +106,15 @@ def distill(
     progress: bool = True,
     student_net: torch.nn.Module | None = None,
     reward=None,
+    resume: bool = True,
 ) -> DistillResult:
     """Distil ``teacher`` into a ``cfg.student_steps``-step student with ``objective``; save it at ``out``.
 
     ``student_net`` replaces the objective's default student net (a copy of the teacher's).
     ``reward``: a callable (x, cond) -> (B,) attached as ``module.attachments["reward"]`` for
     objectives that maximise one (``rewards.py``); neither trained nor checkpointed.
-    Resumes from ``work_dir`` (default ``out.work``) when it holds a checkpoint of the same run.
+    Resumes from ``work_dir`` (default ``out.work``) when it holds a checkpoint of the same run
+    (``resume=False``: discard it); holds the work dir's and ``out``'s write locks meanwhile.
     ``out=None`` saves nothing (then ``work_dir`` is required); for students on foreign nets.
     """
     if out is None and work_dir is None:
@@ -120,7 +124,12 @@ def distill(
     if teacher.sample_shape is None:
         raise ValueError("the teacher needs a sample_shape (Denoiser(..., sample_shape=...)) to be distilled")
     work = Path(work_dir) if work_dir else Path(f"{out}.work")
-    work.mkdir(parents=True, exist_ok=True)
+    with writing(work, f"the distillation run in {work}"), (writing(out) if out is not None else contextlib.nullcontext()):
+        work.mkdir(parents=True, exist_ok=True)
+        return _distill(teacher, objective, cfg, out, data, work, card, progress, student_net, reward, resume)
+
+
+def _distill(teacher, objective, cfg, out, data, work: Path, card, progress, student_net, reward, resume) -> DistillResult:
     rank, _, device = init_distributed()
     teacher = teacher.to(device)
     spec = objective.student_spec(teacher)
@@ -149,7 +158,7 @@ def distill(
                 "total_iterations": cfg.train.iterations,  # objectives' schedules depend on it: resume needs the same
                 **(card or {})}
     t0 = time.perf_counter()
-    result = train(module, loss_fn, train_data, cfg.train, work, run_card)
+    result = train(module, loss_fn, train_data, cfg.train, work, run_card, resume=resume)
     seconds = time.perf_counter() - t0
     if device.type == "cuda":
         mem, mem_kind = int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"

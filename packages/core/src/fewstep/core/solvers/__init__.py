@@ -59,12 +59,22 @@ def resolve_rule(
 class Bound:
     """Binds conditioning and guidance so solvers see ``model(x, t) -> x0``."""
 
-    def __init__(self, denoiser: Denoiser, cond, guidance):
+    def __init__(self, denoiser: Denoiser, cond, guidance, solver: str = ""):
         self.denoiser, self.cond, self.guidance = denoiser, cond, guidance
         self.schedule = denoiser.schedule
+        self.solver, self.calls = solver, 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.denoiser(x, t, self.cond, self.guidance)
+        out = self.denoiser(x, t, self.cond, self.guidance)
+        self.calls += 1
+        if not bool(torch.isfinite(out).all()):
+            tv = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+            bad = "its input was already NaN/inf" if not bool(torch.isfinite(x).all()) else "its input was finite"
+            raise FloatingPointError(
+                f"{self.solver}: the model's prediction is NaN/inf at network evaluation {self.calls} (t={tv:.4g}; {bad}); "
+                f"try more steps, another solver, or check the weights"
+            )
+        return out
 
 
 def sampling_grid(schedule, num_steps: int, grid: str | os.PathLike | Tensor = "logsnr", denoise_to_zero: bool = False) -> Tensor:
@@ -113,7 +123,7 @@ def sample(
         opts["denoise_to_zero"] = denoise_to_zero
     ts = sampling_grid(denoiser.schedule, num_steps, grid, denoise_to_zero and not spec.own_finish)
     ts = ts.to(x_T.device)
-    model = Bound(denoiser, cond, guidance)
+    model = Bound(denoiser, cond, guidance, spec.name)
     x = x_T * denoiser.schedule.sigma(ts[0]).to(x_T.dtype)
     if spec.stochastic:
         opts["generator"] = generator
