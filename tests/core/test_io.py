@@ -108,6 +108,15 @@ def test_an_edited_json_copy_is_reported_and_ignored(tmp_path):
         assert load_denoiser(tmp_path / "m").net.config.channels == 8
 
 
+def test_an_old_card_edited_to_an_absurd_width_is_refused_before_allocating(tmp_path):
+    den = _den()
+    card = denoiser_card(den)
+    card["net"]["config"]["channels"] = 10**9
+    _old_format(tmp_path / "old", den.net.state_dict(), card)
+    with pytest.raises(CheckpointError, match="channels=1000000000 would need about .* GiB"):
+        load_denoiser(tmp_path / "old")
+
+
 def test_mismatched_weights_and_schedule(tmp_path):
     den = _den()
     card = denoiser_card(den)

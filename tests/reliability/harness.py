@@ -13,6 +13,7 @@ Two halves:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -26,9 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from fewstep.core import checks
+from fewstep.core import checks, faults
 from fewstep.core.io import checkpoint_paths, read_card
-from fewstep.core.locks import writing
 
 PROBES = ("0", "-1", "nan", "inf", "-inf", "1e308", "1000000000000000", "abc")
 
@@ -86,11 +86,57 @@ def run(argv: list[str], fault: str | None = None, timeout: float = 600) -> subp
     return subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def said(p: subprocess.CompletedProcess) -> str:
-    return p.stdout + p.stderr
+@dataclass
+class Ran:
+    """What a CLI run left: its exit code and everything it printed."""
+
+    returncode: int
+    output: str
 
 
-def no_traceback(p: subprocess.CompletedProcess) -> None:
+def invoke(argv: list[str], fault: str | None = None) -> Ran:
+    """Run the CLI in this process (no import cost): ``argv[0]`` is the CLI module, the rest its
+    arguments. A fault is armed through the environment as for a subprocess; signals sent by a
+    ``term`` fault reach this process, where the train loop's handler turns them into a save."""
+    from typer.testing import CliRunner
+
+    faults._seen.clear()
+    app = importlib.import_module(argv[0]).app
+    env = {"FEWSTEP_FAULT": fault} if fault else {}
+    old = os.environ.pop("FEWSTEP_FAULT", None)
+    try:
+        r = CliRunner().invoke(app, argv[1:], env={"COLUMNS": "300", "TQDM_DISABLE": "1", **env})
+    finally:
+        os.environ.pop("FEWSTEP_FAULT", None)
+        if old is not None:
+            os.environ["FEWSTEP_FAULT"] = old
+    text = r.output
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        import traceback
+
+        text += "Traceback\n" + "".join(traceback.format_exception(r.exception))
+    return Ran(r.exit_code, text)
+
+
+@contextlib.contextmanager
+def held_by_another_process(target: Path):
+    """A second process holding ``target``'s write lock, and its pid."""
+    code = ("import sys; from fewstep.core.locks import writing\n"
+            f"with writing({str(target)!r}):\n    print('locked', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        yield child.pid
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+
+
+def said(p) -> str:
+    return p.output if isinstance(p, Ran) else p.stdout + p.stderr
+
+
+def no_traceback(p) -> None:
     assert "Traceback" not in said(p), said(p)
 
 
@@ -138,7 +184,7 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
         assert killed.returncode == -signal.SIGKILL, said(killed)
         weights = w.committed(out)
         assert weights.is_file() and not weights.with_suffix(".json").exists()  # the gap the kill hit
-        done = run(w.argv(out))
+        done = invoke(w.argv(out))
         assert done.returncode == 0, said(done)
         no_traceback(done)
         if w.work is not None:  # the committed weights were resumed from, with a word about the card
@@ -148,10 +194,10 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
         # A second writer while another holds --out is refused at once; the output is untouched.
         target = out if w.folder else checkpoint_paths(out)[0]
         before = sorted((p.name, p.read_bytes()) for p in (target.iterdir() if w.folder else [target]) if p.is_file())
-        with writing(out):
-            refused = run(w.argv(out))
+        with held_by_another_process(out) as pid:
+            refused = invoke(w.argv(out))
         assert refused.returncode == 2, said(refused)
-        assert f"another fewstep process (pid {os.getpid()}) is writing" in said(refused), said(refused)
+        assert f"another fewstep process (pid {pid}) is writing" in said(refused), said(refused)
         no_traceback(refused)
         after = sorted((p.name, p.read_bytes()) for p in (target.iterdir() if w.folder else [target]) if p.is_file())
         assert before == after
@@ -163,7 +209,7 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
         killed = run(w.argv(out), fault="kill:weights-temp:1")
         assert killed.returncode == -signal.SIGKILL, said(killed)
         assert temp_files(tmp_path) and not w.committed(out).exists()
-        done = run(w.argv(out))
+        done = invoke(w.argv(out))
         assert done.returncode == 0, said(done)
         no_traceback(done)
         assert "removed 1 temporary file" in said(done) or w.work is None, said(done)
@@ -174,18 +220,18 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
     def test_full_and_read_only_disks_are_one_line_and_lose_nothing(w: Writer, tmp_path):
         out = tmp_path / "out"
         nth = "2" if w.work is not None else "1"  # a trainer: its first save succeeds, the second hits a full disk
-        full = run(w.argv(out), fault=f"enospc:weights-temp:{nth}")
+        full = invoke(w.argv(out), fault=f"enospc:weights-temp:{nth}")
         assert full.returncode == 2 and "the disk is full" in said(full), said(full)
         no_traceback(full)
         assert not temp_files(tmp_path)
         if w.work is not None:  # the committed checkpoint from before is intact
             assert read_card(w.work(out) / "checkpoint")["iteration"] == 1
-        ro = run(w.argv(out), fault="erofs:weights-temp:1")
+        ro = invoke(w.argv(out), fault="erofs:weights-temp:1")
         assert ro.returncode == 2 and "read-only" in said(ro), said(ro)
         no_traceback(ro)
         blocker = tmp_path / "a-file"
         blocker.write_text("x")
-        under = run(w.argv(blocker / "sub" / "out"))
+        under = invoke(w.argv(blocker / "sub" / "out"))
         assert under.returncode == 2 and "a file stands where a folder is needed" in said(under), said(under)
         no_traceback(under)
         if os.geteuid() != 0:  # root ignores permissions
@@ -193,7 +239,7 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
             locked.mkdir()
             locked.chmod(0o555)
             try:
-                denied = run(w.argv(locked / "out"))
+                denied = invoke(w.argv(locked / "out"))
                 assert denied.returncode == 2 and "permission denied" in said(denied), said(denied)
             finally:
                 locked.chmod(0o755)
@@ -201,19 +247,19 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
     @training
     def test_sigterm_saves_and_a_changed_resume_is_refused(w: Writer, tmp_path):
         out = tmp_path / "out"
-        stopped = run(w.argv(out), fault="term:iteration:2")
+        stopped = invoke(w.argv(out), fault="term:iteration:2")
         assert stopped.returncode == 128 + signal.SIGTERM, said(stopped)
         assert "stopped by SIGTERM at iteration 2" in said(stopped) and "run the same command again" in said(stopped)
         no_traceback(stopped)
         assert read_card(w.work(out) / "checkpoint")["iteration"] == 2
-        changed = run(w.argv(out) + list(w.changed))
+        changed = invoke(w.argv(out) + list(w.changed))
         assert changed.returncode == 2 and w.key in said(changed) and "--restart" in said(changed), said(changed)
         no_traceback(changed)
         assert read_card(w.work(out) / "checkpoint")["iteration"] == 2  # the refused run changed nothing
-        resumed = run(w.argv(out))
+        resumed = invoke(w.argv(out))
         assert resumed.returncode == 0 and "resuming from iteration 2" in said(resumed), said(resumed)
         w.verify(out)
-        restarted = run(w.argv(out) + list(w.changed) + ["--restart"])
+        restarted = invoke(w.argv(out) + list(w.changed) + ["--restart"])
         assert restarted.returncode == 0 and "resuming" not in said(restarted), said(restarted)
         w.verify(out)
 
@@ -227,5 +273,5 @@ def scenario_tests(writers: list[Writer]) -> dict[str, Callable]:
     return fns
 
 
-__all__ = ["PROBES", "Writer", "accepted", "checks", "no_traceback", "numeric_options", "package_clis", "run", "said",
-           "scenario_tests", "temp_files"]
+__all__ = ["PROBES", "Ran", "Writer", "accepted", "checks", "held_by_another_process", "invoke", "no_traceback",
+           "numeric_options", "package_clis", "run", "said", "scenario_tests", "temp_files"]

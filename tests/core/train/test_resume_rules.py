@@ -1,11 +1,9 @@
 """What a resume may and may not do: changed settings are refused with the keys, a signal saves at
 an iteration boundary, a checkpoint whose card is lost is never silently replaced."""
 
-import json
 import signal
 
 import pytest
-import torch
 
 from fewstep.core.io import CheckpointError, read_card
 from fewstep.core.losses import DenoisingLoss

@@ -9,7 +9,7 @@ import torch
 
 from .card import Boundary, CardError, ModelCard, SamplerRule
 from .denoiser import Denoiser
-from .io import CheckpointError, checkpoint_paths, load_state_into, load_weights, read_card, save_weights
+from .io import CheckpointError, checkpoint_paths, load_state_into, load_weights, save_weights
 from .schedules import schedule_from_dict
 
 

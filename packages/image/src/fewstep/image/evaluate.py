@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
+from fewstep.core.checks import check_fits
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.solvers import resolve_rule, sample
 
@@ -47,6 +49,8 @@ def generate(den: Denoiser, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor
     model's device; the samples come back on the CPU.
     """
     dev = next(iter(den.parameters()), torch.empty(0)).device
+    per_sample = 4 * math.prod(den.sample_shape)
+    check_fits(2 * cfg.n * per_sample, f"{cfg.n} samples of shape {tuple(den.sample_shape)}", "lower --n")
     labels = torch.arange(cfg.n) % max(1, den.num_classes)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(cfg.n, *den.sample_shape, generator=gen)

@@ -109,6 +109,9 @@ def tuned_grid(
 _BUILDERS = {"uniform": uniform, "quadratic": quadratic, "logsnr": logsnr, "karras": karras, "tuned": tuned_grid}
 
 
+MAX_STEPS = 100_000
+
+
 def make_grid(schedule: Schedule, num_steps: int, grid: str | os.PathLike | Tensor = "logsnr") -> Tensor:
     """A named grid with ``num_steps`` intervals, a searched grid saved to a JSON file, or an explicit
     descending tensor of times (checked)."""
@@ -121,6 +124,8 @@ def make_grid(schedule: Schedule, num_steps: int, grid: str | os.PathLike | Tens
         return t
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps={num_steps!r}: sampling needs a whole number of steps >= 1")
+    if num_steps > MAX_STEPS:
+        raise ValueError(f"num_steps={num_steps}: more than {MAX_STEPS:,} steps is beyond any schedule's resolution; use fewer")
     if grid not in _BUILDERS:
         raise ValueError(
             f"unknown grid {grid!r}; use one of {GRIDS}, a searched grid file (.json) or a descending tensor of times"
