@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from fewstep.core.card import Boundary, CardError, ModelCard, SamplerRule
-from fewstep.core.checkpoints import load_denoiser, save_denoiser
+from fewstep.core.checkpoints import denoiser_card, load_denoiser, save_denoiser
 from fewstep.core.denoiser import Denoiser
-from fewstep.core.io import CheckpointError
+from fewstep.core.io import CheckpointError, save_weights
 from fewstep.core.nets import UNet, UNetConfig
 from fewstep.core.schedules import VPCosine
 from fewstep.core.solvers import resolve_rule, sample
 
 from .gaussian import GaussianX0
+from .oldformat import write_old_format
 
 CFG = UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_classes=0)
 
@@ -73,26 +74,24 @@ def _den(card=None, boundary=None):
     return Denoiser(UNet(CFG), VPCosine(), "v", sample_shape=(1, 8, 8), card=card, boundary=boundary)
 
 
-def test_checkpoint_round_trip_and_a_hand_edited_card(tmp_path):
+def test_checkpoint_round_trip_and_a_bad_card(tmp_path):
     den = _den(_card(), Boundary(0.5, 10.0))
     save_denoiser(den, tmp_path / "m")
     back = load_denoiser(tmp_path / "m")
     assert back.card == den.card and back.boundary == den.boundary
-    path = tmp_path / "m.json"
-    doc = json.loads(path.read_text())
+    doc = denoiser_card(den)
     doc["card"]["sampler"]["grid"] = [0.1, 0.9]
-    path.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"m\.json.*strictly descending"):
-        load_denoiser(tmp_path / "m")
+    save_weights(tmp_path / "bad", den.net.state_dict(), doc)
+    with pytest.raises(CheckpointError, match=r"bad\.json.*strictly descending"):
+        load_denoiser(tmp_path / "bad")
 
 
 def test_cards_written_before_the_typed_card_still_load(tmp_path):
-    save_denoiser(_den(), tmp_path / "old")
-    path = tmp_path / "old.json"
-    doc = json.loads(path.read_text())
+    den = _den()
+    doc = denoiser_card(den)
     del doc["card"]
     doc.update(steps=2, sampler={"solver": "arcflow", "grid": [0.99, 0.0], "components": 3}, info={"dataset": "toy"})
-    path.write_text(json.dumps(doc))
+    write_old_format(tmp_path / "old", den.net.state_dict(), doc)
     back = load_denoiser(tmp_path / "old")
     assert back.card.student_steps == 2 and back.card.sampler.options == {"components": 3}
     assert back.card.provenance["dataset"] == "toy"

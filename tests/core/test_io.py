@@ -11,6 +11,8 @@ from fewstep.core.io import CheckpointError, CheckpointWarning, load_weights, re
 from fewstep.core.nets import UNet, UNetConfig
 from fewstep.core.schedules import VPDiscrete
 
+from .oldformat import write_old_format
+
 CFG = UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_classes=3)
 
 
@@ -64,20 +66,6 @@ def test_garbage_file_with_a_matching_card_is_not_safetensors(tmp_path):
         load_weights(tmp_path / "g")
 
 
-def _old_format(path, tensors, card):
-    """A checkpoint as fewstep wrote them before the card moved into the weights' header (the
-    shipped models still are): plain safetensors and a JSON card holding the file's size and hash."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    w = path.with_name(path.name + ".safetensors")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, w)
-    full = {**card, "format": "fewstep-checkpoint", "version": 1, "weights_bytes": w.stat().st_size,
-            "weights_sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
-    path.with_name(path.name + ".json").write_text(json.dumps(full))
-
-
 def test_missing_and_broken_cards(tmp_path):
     with pytest.raises(CheckpointError, match="card file not found"):
         load_denoiser(tmp_path / "nothing")
@@ -89,7 +77,7 @@ def test_missing_and_broken_cards(tmp_path):
     (tmp_path / "m.json").unlink()
     with pytest.warns(CheckpointWarning, match="missing"):
         assert read_card(tmp_path / "m")["kind"] == "denoiser"
-    _old_format(tmp_path / "old", den.net.state_dict(), denoiser_card(den))
+    write_old_format(tmp_path / "old", den.net.state_dict(), denoiser_card(den))
     assert load_denoiser(tmp_path / "old").prediction == "v"  # checkpoints from before still load
     (tmp_path / "old.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
@@ -112,7 +100,7 @@ def test_an_old_card_edited_to_an_absurd_width_is_refused_before_allocating(tmp_
     den = _den()
     card = denoiser_card(den)
     card["net"]["config"]["channels"] = 10**9
-    _old_format(tmp_path / "old", den.net.state_dict(), card)
+    write_old_format(tmp_path / "old", den.net.state_dict(), card)
     with pytest.raises(CheckpointError, match="channels=1000000000 would need about .* GiB"):
         load_denoiser(tmp_path / "old")
 

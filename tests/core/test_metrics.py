@@ -186,3 +186,30 @@ def test_too_few_samples_and_bad_stats_raise():
         frechet_distance_from_stats(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match="bandwidth"):
         mmd(np.zeros((5, 2)), np.ones((5, 2)), bandwidth=-1.0)
+
+
+def test_kid_is_unbiased_and_grows_with_a_shift():
+    from fewstep.core.metrics import kid
+
+    g = np.random.default_rng(0)
+    same = [kid(g.normal(size=(300, 8)), g.normal(size=(300, 8))) for _ in range(20)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(20) + 1e-3  # zero in expectation
+    assert min(same) < 0 < max(same)  # unbiased: it straddles 0, unlike FD
+    shifted = kid(g.normal(size=(300, 8)), g.normal(size=(300, 8)) + 0.5)
+    assert shifted > 10 * max(same)
+
+
+def test_density_and_coverage_flag_a_collapsed_generator():
+    from fewstep.core.metrics import density_coverage
+
+    g = np.random.default_rng(1)
+    real = g.normal(size=(500, 4))
+    d, c = density_coverage(real, g.normal(size=(500, 4)))
+    assert 0.8 < d < 1.2 and c > 0.9
+    collapsed = np.repeat(g.normal(size=(1, 4)) * 0.1, 500, axis=0) + 1e-3 * g.normal(size=(500, 4))
+    d_c, c_c = density_coverage(real, collapsed)
+    assert c_c < 0.05  # one mode covers almost nothing
+    outliers = real.copy()
+    outliers[:50] += 20.0  # far-away real outliers inflate k-NN recall but not coverage
+    _, c_o = density_coverage(outliers, g.normal(size=(500, 4)))
+    assert c_o < 0.95

@@ -141,16 +141,23 @@ def test_recorded_trajectory_ends_at_the_solvers_sample():
     assert torch.allclose(tr["traj"][:, 0], x_T * teacher.schedule.sigma(tr["traj_t"][0].double()).float(), atol=1e-6)
 
 
-def test_runner_distils_a_one_step_student_and_resumes(tmp_path):
+def test_runner_distils_a_one_step_student_and_resumes(tmp_path, monkeypatch):
     teacher = gmm_teacher()
     ref = sample(teacher, torch.randn(512, 2), cond=torch.arange(512) % 4, num_steps=20)
     torch.manual_seed(0)
     before = Denoiser(MLPNet(2, 64, 4), teacher.schedule, "x0", sample_shape=(2,), num_classes=4,
                       card=ModelCard(student_steps=1, sampler=SamplerRule("ddim", uniform_times(teacher.schedule, 1))))
     x_before = sample(before, torch.randn(512, 2), cond=torch.arange(512) % 4)
-    # Interrupted after 100 steps, then resumed to 200: same weights as one uninterrupted run.
+    # Stopped by SIGTERM after 100 of 200 iterations, then resumed: same weights as one uninterrupted run.
+    from fewstep.core import faults
+    from fewstep.core.train import Stopped
+
     torch.manual_seed(0)
-    distill(teacher, Regression(), _cfg(100), None, work_dir=tmp_path / "a", student_net=MLPNet(2, 64, 4), progress=False)
+    monkeypatch.setenv("FEWSTEP_FAULT", "term:iteration:100")
+    faults._seen.clear()
+    with pytest.raises(Stopped):
+        distill(teacher, Regression(), _cfg(200), None, work_dir=tmp_path / "a", student_net=MLPNet(2, 64, 4), progress=False)
+    monkeypatch.delenv("FEWSTEP_FAULT")
     torch.manual_seed(0)
     res = distill(teacher, Regression(), _cfg(200), None, work_dir=tmp_path / "a", student_net=MLPNet(2, 64, 4), progress=False)
     assert res.resumed_from == 100

@@ -271,6 +271,12 @@ def _verify_file(weights_path: Path, card: dict, verify: bool) -> None:
         )
 
 
+def content_id(card: dict[str, Any]) -> str | None:
+    """The hash that identifies a checkpoint's contents: the tensors' SHA-256 (the file's, for
+    checkpoints from before the card moved into the weights)."""
+    return card.get("tensors_sha256") or card.get("weights_sha256")
+
+
 def checkpoint_exists(path: str | os.PathLike) -> bool:
     """Whether anything of a checkpoint is there (its weights or its card)."""
     return any(p.exists() for p in checkpoint_paths(path))

@@ -210,3 +210,50 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[floa
     precision = _coverage(ft, rt, _knn_radii(rt, k))
     recall = _coverage(rt, ft, _knn_radii(ft, k))
     return precision, recall
+
+
+def _poly_sum(x: torch.Tensor, y: torch.Tensor, degree: int, coef: float) -> float:
+    """Sum over all pairs of the polynomial kernel (x.y / D + coef)^degree."""
+    d = x.shape[1]
+    rows = max(1, _BLOCK_ELEMS // max(1, y.shape[0]))
+    return sum(((x[i : i + rows] @ y.T) / d + coef).pow(degree).sum().item() for i in range(0, x.shape[0], rows))
+
+
+def kid(a: ArrayLike, b: ArrayLike, degree: int = 3, coef: float = 1.0) -> float:
+    """Kernel Inception Distance (Bińkowski et al. 2018, "Demystifying MMD GANs", Sec. 2.3): the
+    unbiased squared MMD (Gretton et al. 2012, Eq. 3) with the cubic kernel k(x, y) = (x.y/D + 1)^3.
+
+    Unlike the Fréchet distance it has an unbiased estimator, so its value does not depend on n in
+    expectation and can be slightly negative when a and b come from one distribution.
+    """
+    a, b = _as_pair(a, b, ("a", "b"), min_n=2)
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    n, m = a.shape[0], b.shape[0]
+    diag_a = ((at * at).sum(1) / a.shape[1] + coef).pow(degree).sum().item()
+    diag_b = ((bt * bt).sum(1) / b.shape[1] + coef).pow(degree).sum().item()
+    k_aa = _poly_sum(at, at, degree, coef) - diag_a
+    k_bb = _poly_sum(bt, bt, degree, coef) - diag_b
+    k_ab = _poly_sum(at, bt, degree, coef)
+    return float(k_aa / (n * (n - 1)) + k_bb / (m * (m - 1)) - 2.0 * k_ab / (n * m))
+
+
+def density_coverage(real: ArrayLike, fake: ArrayLike, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for
+    Generative Models", Eq. 3 and 4), on the k-NN balls of the *real* samples only.
+
+    Density: the mean number of real balls a fake sample falls in, over k (about 1 when fake and
+    real match; above 1 when fakes crowd dense regions). Coverage: the share of real balls that
+    hold at least one fake sample (a collapsed generator covers few). Both are robust to the
+    outliers that inflate k-NN precision and recall.
+    """
+    if not (isinstance(k, int | np.integer) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}; the paper uses k=5.")
+    real, fake = _as_pair(real, fake, ("real", "fake"), min_n=k + 1)
+    rt, ft = torch.from_numpy(real), torch.from_numpy(fake)
+    radii = _knn_radii(rt, k)  # (N,)
+    count, covered = 0, torch.zeros(rt.shape[0], dtype=torch.bool)
+    for _, dist in _pairwise_dist(ft, rt):  # (rows of fake, N)
+        inside = dist <= radii[None, :]
+        count += int(inside.sum())
+        covered |= inside.any(dim=0)
+    return count / (k * ft.shape[0]), float(covered.double().mean())

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..card import ModelCard
 from ..checkpoints import load_denoiser, model_card_from_json, save_denoiser
 from ..denoiser import Denoiser
-from ..io import CheckpointError, checkpoint_paths, load_weights, read_card, save_weights
+from ..io import CheckpointError, checkpoint_paths, content_id, load_weights, read_card, save_weights
 from ..nets import is_fewstep_net
 from ..parts import STUDENT, Part
 from .base import Batch, DistillModule, Objective, StudentSpec, copy_net
@@ -216,7 +216,7 @@ def save_router(router: StudentRouter, path: str | os.PathLike, card: dict | Non
         stem = path.with_name(f"{path.name}.student{j}")
         save_denoiser(s, stem)
         w = checkpoint_paths(stem)[0]
-        files.append({"stem": stem.name, "sha256": read_card(stem)["weights_sha256"], "bytes": w.stat().st_size})
+        files.append({"stem": stem.name, "sha256": content_id(read_card(stem)), "bytes": w.stat().st_size})
     meta = {
         **(card or {}),
         "kind": "student-router",
@@ -238,7 +238,7 @@ def load_router(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     students = []
     for entry in card["students"]:
         stem = path.with_name(entry["stem"])
-        if read_card(stem).get("weights_sha256") != entry["sha256"]:
+        if content_id(read_card(stem)) != entry["sha256"]:
             raise CheckpointError(f"{stem}: student checkpoint does not match the router card (replaced or stale)")
         students.append(load_denoiser(stem, device))
     router = StudentRouter(students, card["partition"], provenance=model_card_from_json(card, str(path)).provenance)
