@@ -100,7 +100,7 @@ def invoke(argv: list[str], fault: str | None = None) -> Ran:
     ``term`` fault reach this process, where the train loop's handler turns them into a save."""
     from typer.testing import CliRunner
 
-    faults._seen.clear()
+    faults.reset()
     app = importlib.import_module(argv[0]).app
     env = {"FEWSTEP_FAULT": fault} if fault else {}
     old = os.environ.pop("FEWSTEP_FAULT", None)

@@ -154,7 +154,7 @@ def test_runner_distils_a_one_step_student_and_resumes(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     monkeypatch.setenv("FEWSTEP_FAULT", "term:iteration:100")
-    faults._seen.clear()
+    faults.reset()
     with pytest.raises(Stopped):
         distill(teacher, Regression(), _cfg(200), None, work_dir=tmp_path / "a", student_net=MLPNet(2, 64, 4), progress=False)
     monkeypatch.delenv("FEWSTEP_FAULT")

@@ -5,6 +5,7 @@ import signal
 
 import pytest
 
+from fewstep.core import faults
 from fewstep.core.io import CheckpointError, read_card
 from fewstep.core.losses import DenoisingLoss
 from fewstep.core.train import CKPT_NAME, Stopped, TrainConfig, learning_rate, train
@@ -38,6 +39,7 @@ def test_changed_settings_are_refused_with_the_keys(tmp_path):
 def test_sigterm_saves_at_the_iteration_boundary_and_resume_is_exact(tmp_path, monkeypatch):
     full = _run(tmp_path / "full", iterations=6)
     monkeypatch.setenv("FEWSTEP_FAULT", "term:iteration:3")
+    faults.reset()
     with pytest.raises(Stopped, match="stopped by SIGTERM at iteration 3 of 6") as stop:
         _run(tmp_path / "part", iterations=6, save_every=None, save_every_seconds=3600.0)
     assert stop.value.signum == signal.SIGTERM

@@ -20,13 +20,22 @@ import signal
 
 ENV = "FEWSTEP_FAULT"
 POINTS = ("weights-temp", "weights-committed", "iteration")
-_seen: dict[str, int] = {}
+_seen: dict[str, int] = {}  # arrivals per point since the spec was (re)armed
+_armed: list[str] = [""]
+
+
+def reset() -> None:
+    """Start counting arrivals afresh (a test arming the same spec twice in one process)."""
+    _seen.clear()
 
 
 def hit(point: str, filename: str | None = None) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
+    if spec != _armed[0]:  # a new spec counts from zero
+        _armed[0] = spec
+        reset()
     action, _, rest = spec.partition(":")
     where, _, nth = rest.partition(":")
     if where != point:
