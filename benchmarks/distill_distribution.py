@@ -92,8 +92,9 @@ DISTRIBUTION = Family(
         "is a teacher copy trained in the same optimiser step. One-step students unless the method is written "
         "METHOD@K. The student is sampled with its own rule at 1, 2 and 4 steps (n samples, class-balanced, "
         "seed 0). dFD: Fréchet distance of the shipped classifier's features to the real test split (lower is "
-        "better). Flash-DMD's reward is that same classifier's log-probability of the requested class (weight "
-        "0.02), so its accuracy and dFD are partly optimised directly. MMD-DDM matches a fixed random projection "
+        "better). Flash-DMD's reward is the log-probability of the requested class under the *reward* classifier "
+        "(weight 0.02: trained on the other half of the train split with another seed; the evaluation classifier "
+        "is never a reward). MMD-DDM matches a fixed random projection "
         "of the pixels (the flattened image for digits), not the classifier's features. MSD: two students, five "
         "classes each, half the iterations each."
     ),

@@ -213,3 +213,28 @@ def test_density_and_coverage_flag_a_collapsed_generator():
     outliers[:50] += 20.0  # far-away real outliers inflate k-NN recall but not coverage
     _, c_o = density_coverage(outliers, g.normal(size=(500, 4)))
     assert c_o < 0.95
+
+
+def test_kid_standard_error_matches_the_spread_over_draws():
+    from fewstep.core.metrics import kid_and_se
+
+    g = np.random.default_rng(2)
+    draws = [kid_and_se(g.normal(size=(400, 6)), g.normal(size=(400, 6)) + 0.3) for _ in range(30)]
+    values, ses = np.array([v for v, _ in draws]), np.array([s for _, s in draws])
+    assert 0.6 < ses.mean() / values.std(ddof=1) < 1.6
+
+
+def test_feature_quality_gives_every_figure_an_interval_and_tells_a_collapse_apart():
+    from fewstep.core.intervals import compare
+    from fewstep.core.metrics import feature_quality
+
+    g = np.random.default_rng(3)
+    real = g.normal(size=(400, 6))
+    good = feature_quality(real, g.normal(size=(400, 6)), resamples=50)
+    collapsed = feature_quality(real, 0.2 * g.normal(size=(400, 6)), resamples=50)
+    assert set(good) == {"fd", "kid", "precision", "recall", "density", "coverage"}
+    for m in good.values():
+        assert m.low <= m.value <= m.high and m.n == 400
+    assert compare(good["fd"], collapsed["fd"]) == "better"
+    assert compare(good["coverage"], collapsed["coverage"]) == "better"
+    assert compare(good["recall"], collapsed["recall"]) == "better"

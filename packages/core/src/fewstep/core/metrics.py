@@ -7,6 +7,8 @@ elsewhere: these metrics only compare two sets of vectors.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -189,12 +191,17 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     return radii
 
 
+def _inside(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """(len(query),) bool: whether each query row lies inside at least one k-NN hypersphere of ref."""
+    out = torch.empty(query.shape[0], dtype=torch.bool)
+    for rows, dist in _pairwise_dist(query, ref):
+        out[rows] = (dist <= radii[None, :]).any(dim=1)
+    return out
+
+
 def _coverage(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor) -> float:
     """Fraction of query rows inside at least one k-NN hypersphere of ref."""
-    inside = 0
-    for _, dist in _pairwise_dist(query, ref):
-        inside += int((dist <= radii[None, :]).any(dim=1).sum())
-    return inside / query.shape[0]
+    return float(_inside(query, ref, radii).double().mean())
 
 
 def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[float, float]:
@@ -212,11 +219,43 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[floa
     return precision, recall
 
 
-def _poly_sum(x: torch.Tensor, y: torch.Tensor, degree: int, coef: float) -> float:
-    """Sum over all pairs of the polynomial kernel (x.y / D + coef)^degree."""
-    d = x.shape[1]
-    rows = max(1, _BLOCK_ELEMS // max(1, y.shape[0]))
-    return sum(((x[i : i + rows] @ y.T) / d + coef).pow(degree).sum().item() for i in range(0, x.shape[0], rows))
+def _kid_parts(a: np.ndarray, b: np.ndarray, degree: int, coef: float):
+    """Row sums of the three kernel matrices (diagonals excluded from the within-set ones)."""
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    d = a.shape[1]
+
+    def kernel(x, y):
+        return ((x @ y.T) / d + coef).pow(degree)
+
+    def within(x):
+        sums = torch.empty(x.shape[0], dtype=x.dtype)
+        rows = max(1, _BLOCK_ELEMS // max(1, x.shape[0]))
+        for i in range(0, x.shape[0], rows):
+            block = kernel(x[i : i + rows], x)
+            sums[i : i + rows] = block.sum(1) - ((x[i : i + rows] ** 2).sum(1) / d + coef).pow(degree)
+        return sums
+
+    r_ab, r_ba = torch.zeros(a.shape[0], dtype=at.dtype), torch.zeros(b.shape[0], dtype=at.dtype)
+    rows = max(1, _BLOCK_ELEMS // max(1, b.shape[0]))
+    for i in range(0, a.shape[0], rows):
+        block = kernel(at[i : i + rows], bt)
+        r_ab[i : i + rows] = block.sum(1)
+        r_ba += block.sum(0)
+    return within(at).numpy(), within(bt).numpy(), r_ab.numpy(), r_ba.numpy()
+
+
+def kid_and_se(a: ArrayLike, b: ArrayLike, degree: int = 3, coef: float = 1.0) -> tuple[float, float]:
+    """:func:`kid` and its first-order standard error: the Hoeffding decomposition of a two-sample
+    U-statistic (Lee 1990, *U-Statistics*, Sec. 2.2), Var ~ 4 Var(h_a)/n + 4 Var(h_b)/m with h the
+    per-sample kernel means. Near KID = 0 the first-order term vanishes and the SE is a lower bound."""
+    a, b = _as_pair(a, b, ("a", "b"), min_n=3)
+    n, m = a.shape[0], b.shape[0]
+    s_aa, s_bb, s_ab, s_ba = _kid_parts(a, b, degree, coef)
+    value = s_aa.sum() / (n * (n - 1)) + s_bb.sum() / (m * (m - 1)) - 2.0 * s_ab.sum() / (n * m)
+    h_a = s_aa / (n - 1) - s_ab / m
+    h_b = s_bb / (m - 1) - s_ba / n
+    se = math.sqrt(4.0 * h_a.var(ddof=1) / n + 4.0 * h_b.var(ddof=1) / m)
+    return float(value), se
 
 
 def kid(a: ArrayLike, b: ArrayLike, degree: int = 3, coef: float = 1.0) -> float:
@@ -226,15 +265,7 @@ def kid(a: ArrayLike, b: ArrayLike, degree: int = 3, coef: float = 1.0) -> float
     Unlike the Fréchet distance it has an unbiased estimator, so its value does not depend on n in
     expectation and can be slightly negative when a and b come from one distribution.
     """
-    a, b = _as_pair(a, b, ("a", "b"), min_n=2)
-    at, bt = torch.from_numpy(a), torch.from_numpy(b)
-    n, m = a.shape[0], b.shape[0]
-    diag_a = ((at * at).sum(1) / a.shape[1] + coef).pow(degree).sum().item()
-    diag_b = ((bt * bt).sum(1) / b.shape[1] + coef).pow(degree).sum().item()
-    k_aa = _poly_sum(at, at, degree, coef) - diag_a
-    k_bb = _poly_sum(bt, bt, degree, coef) - diag_b
-    k_ab = _poly_sum(at, bt, degree, coef)
-    return float(k_aa / (n * (n - 1)) + k_bb / (m * (m - 1)) - 2.0 * k_ab / (n * m))
+    return kid_and_se(a, b, degree, coef)[0]
 
 
 def density_coverage(real: ArrayLike, fake: ArrayLike, k: int = 5) -> tuple[float, float]:
@@ -257,3 +288,43 @@ def density_coverage(real: ArrayLike, fake: ArrayLike, k: int = 5) -> tuple[floa
         count += int(inside.sum())
         covered |= inside.any(dim=0)
     return count / (k * ft.shape[0]), float(covered.double().mean())
+
+
+def _density_coverage_per_sample(real: torch.Tensor, fake: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per fake sample: the number of real k-NN balls it lies in / k; per real ball: covered or not."""
+    radii = _knn_radii(real, k)
+    counts = torch.empty(fake.shape[0], dtype=torch.float64)
+    covered = torch.zeros(real.shape[0], dtype=torch.bool)
+    for rows, dist in _pairwise_dist(fake, real):
+        inside = dist <= radii[None, :]
+        counts[rows] = inside.sum(1).double() / k
+        covered |= inside.any(dim=0)
+    return counts.numpy(), covered.double().numpy()
+
+
+def feature_quality(real: ArrayLike, fake: ArrayLike, *, k_pr: int = 3, k_dc: int = 5, resamples: int = 200,
+                    seed: int = 0) -> dict:
+    """Every set-level figure between real and generated features, each a ``Metric`` with its 95%
+    interval: ``fd`` (two-sample bootstrap), ``kid`` (first-order U-statistic SE, see
+    :func:`kid_and_se`), ``precision``/``recall`` (Kynkäänniemi et al. 2019, k=3) and
+    ``density``/``coverage`` (Naeem et al. 2020, k=5). The k-NN figures are means of per-sample
+    indicators and get their intervals from a bootstrap over those samples, the k-NN balls held
+    fixed (the variability of the reference set is not in the interval)."""
+    from .intervals import bootstrap_mean, bootstrap_two, from_se
+
+    real, fake = _as_pair(real, fake, ("real", "fake"), min_n=max(k_pr, k_dc) + 1)
+    rt, ft = torch.from_numpy(real), torch.from_numpy(fake)
+
+    def fd(ia, ib):
+        return frechet_distance_from_stats(*gaussian_stats(real[ia]), *gaussian_stats(fake[ib]))
+
+    out = {"fd": bootstrap_two(fd, len(real), len(fake), resamples=resamples, seed=seed, bounds=(0.0, math.inf))}
+    value, se = kid_and_se(real, fake)
+    out["kid"] = from_se(value, se, len(fake))
+    unit = {"higher_is_better": True, "bounds": (0.0, 1.0), "resamples": resamples, "seed": seed}
+    out["precision"] = bootstrap_mean(_inside(ft, rt, _knn_radii(rt, k_pr)).double().numpy(), **unit)
+    out["recall"] = bootstrap_mean(_inside(rt, ft, _knn_radii(ft, k_pr)).double().numpy(), **unit)
+    density, coverage = _density_coverage_per_sample(rt, ft, k_dc)
+    out["density"] = bootstrap_mean(density, higher_is_better=True, bounds=(0.0, math.inf), resamples=resamples, seed=seed)
+    out["coverage"] = bootstrap_mean(coverage, **unit)
+    return out

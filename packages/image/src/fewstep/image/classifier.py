@@ -31,10 +31,26 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
-def classifier_path(dataset_name: str) -> Path:
-    """Checkpoint stem of the shipped classifier for a dataset, e.g. weights/digits-classifier."""
+# The two roles a shipped classifier plays. "eval" defines dFD and accuracy and is never handed to a
+# method; "reward" is what methods may optimise (Flash-DMD's reward). The reward net is trained on
+# the other half of the train split, with another seed, so the evaluation cannot be gamed through it.
+ROLES = ("eval", "reward")
+REWARD_RECIPE = {"half": 1, "seed": 1}
+
+
+def classifier_path(dataset_name: str, role: str = "eval") -> Path:
+    """Checkpoint stem of the shipped classifier for a dataset and role: weights/digits-classifier
+    (evaluation) or weights/digits-reward-classifier (what methods may train against)."""
     dataset_info(dataset_name)  # validates the name
-    return weights_dir() / f"{dataset_name}-classifier"
+    if role not in ROLES:
+        raise ValueError(f"role={role!r}; use one of {ROLES}")
+    return weights_dir() / (f"{dataset_name}-classifier" if role == "eval" else f"{dataset_name}-reward-classifier")
+
+
+def half_of_train(n: int, half: int) -> torch.Tensor:
+    """Indices of one half (0 or 1) of a train split of n rows, by a fixed permutation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(12345))
+    return perm[: n // 2] if half == 0 else perm[n // 2 :]
 
 
 @dataclass(frozen=True)
@@ -163,19 +179,24 @@ def train_classifier(
     work_dir: str | Path | None = None,
     save_every: SaveEvery | None = None,
     resume: bool = True,
+    half: int | None = None,
 ) -> tuple[Classifier, dict]:
     """Train a classifier on a dataset's train split: AdamW, warmup + cosine lr, augmentation.
 
     Runs on the core train loop (``fewstep.core.train``), so a run with a ``work_dir`` saves every
     ``save_every``, on Ctrl-C and SIGTERM, and resumes (``resume=False`` discards a saved run);
     without one it checkpoints into a temporary folder. Returns the model (eval mode, CPU) and a
-    dict for the checkpoint card: dataset, test accuracy and how it was made.
+    dict for the checkpoint card: dataset, test accuracy and how it was made. ``half`` (0 or 1)
+    trains on that half of the train split only (:func:`half_of_train`).
     """
     steps = DEFAULT_STEPS[dataset_name] if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps={steps}: train for at least 1 iteration")
     info = dataset_info(dataset_name)
     x_train, y_train = load_dataset(dataset_name, "train")
+    if half is not None:
+        keep = half_of_train(len(x_train), half)
+        x_train, y_train = x_train[keep], y_train[keep]
     x_test, y_test = load_dataset(dataset_name, "test")
     torch.manual_seed(seed)
     config = ClassifierConfig(info.channels, info.size, info.num_classes, width, feat_dim)
@@ -190,14 +211,17 @@ def train_classifier(
 
     with tempfile.TemporaryDirectory() if work_dir is None else contextlib.nullcontext(work_dir) as work:
         result = train(model, loss_fn, [x_train, y_train], cfg, Path(work),
-                       card={"kind": "classifier-run", "dataset": dataset_name, "config": asdict(config)}, resume=resume)
+                       card={"kind": "classifier-run", "dataset": dataset_name, "config": asdict(config), "half": half},
+                       resume=resume)
     model = model.cpu().eval()
     made = {
         "dataset": dataset_name,
         "test_accuracy": accuracy(model, x_test, y_test),
         "n_test": len(y_test),
+        "train_rows": "all" if half is None else f"half {half} of the train split ({len(x_train)} rows)",
         "made": {
-            "by": f"fewstep-image train-classifier {dataset_name} --iterations {steps} --seed {seed}",
+            "by": f"fewstep-image train-classifier {dataset_name} --iterations {steps} --seed {seed}"
+                  + ("" if half is None else " --role reward"),
             "steps": steps,
             "seed": seed,
             "batch_size": batch_size,
@@ -221,12 +245,18 @@ def retrain_classifier(
     save_every: SaveEvery | None = None,
     resume: bool = True,
     progress: bool = True,
+    role: str = "eval",
 ) -> dict:
     """Train with the shipped recipe and save at ``out`` (resumable from ``work_dir``, default
-    ``out.work``); returns the card facts (test accuracy, recipe)."""
+    ``out.work``); returns the card facts (test accuracy, recipe). ``role="reward"`` trains the
+    net methods may optimise: the other half of the train split (and seed ``REWARD_RECIPE``)."""
+    if role not in ROLES:
+        raise ValueError(f"role={role!r}; use one of {ROLES}")
     work = Path(work_dir) if work_dir is not None else Path(f"{out}.work")
+    half = REWARD_RECIPE["half"] if role == "reward" else None
     model, made = train_classifier(dataset_name, steps=iterations, seed=seed, progress=progress, work_dir=work,
-                                   save_every=save_every, resume=resume)
+                                   save_every=save_every, resume=resume, half=half)
+    made["role"] = role
     save_classifier(model, out, made)
     return made
 

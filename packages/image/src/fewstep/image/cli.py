@@ -90,15 +90,19 @@ def train_classifier_cmd(
     work_dir: Optional[Path] = typer.Option(None, help="checkpoints for resume (default: OUT.work)"),
     save_every: str = save_every_option(),
     restart: bool = restart_option(),
+    role: str = typer.Option("eval", help="eval: the net that defines dFD (never given to a method); reward: the net methods may "
+                                           "optimise, trained on the other half of the train split (seed 1 unless --seed)"),
 ) -> None:
-    """Retrain the feature classifier that defines dFD for a dataset; resumes if interrupted."""
+    """Retrain a dataset's evaluation classifier (dFD features) or its reward classifier; resumes if interrupted."""
     from fewstep.core.io import checkpoint_stem
 
-    from .classifier import classifier_path, retrain_classifier
+    from .classifier import REWARD_RECIPE, classifier_path, retrain_classifier
 
-    out = checkpoint_stem(out or classifier_path(dataset))
+    out = checkpoint_stem(out or classifier_path(dataset, role))
+    if role == "reward" and seed == 0:
+        seed = REWARD_RECIPE["seed"]
     with output_lock(out):
-        made = retrain_classifier(dataset, out, iterations=iterations, seed=seed, work_dir=work_dir,
+        made = retrain_classifier(dataset, out, iterations=iterations, seed=seed, work_dir=work_dir, role=role,
                                   save_every=checks.parse_save_every(save_every), resume=not restart)
     typer.echo(f"test accuracy {made['test_accuracy']:.4f}; saved {written(out)}")
 
@@ -109,7 +113,8 @@ def search_grid_cmd(
     model: str = typer.Argument(..., help="shipped name or checkpoint path"),
     steps: int = typer.Option(4, "--num-steps", parser=checks.count(1, 1000), help="sampling steps of the grid (its NFE budget)"),
     solver: str = typer.Option("dpmpp_2m"),
-    metric: str = typer.Option("dfd", help="dfd, or error (to a 100-step solve of the same noise)"),
+    metric: str = typer.Option("proxy_fd", help="proxy_fd (FD in the reward classifier's features to the train split; dFD "
+                                                "itself is never a search target), or error (to a 100-step solve of the same noise)"),
     n: int = typer.Option(250, "--n", parser=checks.count(20, 100_000), help="fixed noise batch the candidates are scored on"),
     population: int = typer.Option(16, parser=checks.count(2, 10_000), help="candidate grids per generation"),
     iterations: int = typer.Option(10, "--iterations", parser=checks.count(1, 100_000), help="generations of the search"),

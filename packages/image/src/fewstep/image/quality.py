@@ -144,6 +144,33 @@ def evaluate_samples(
 
 
 @cache
+def _reward_train_features(dataset_name: str) -> torch.Tensor:
+    x, _ = load_dataset(dataset_name, "train")
+    return _features(_reward_net(dataset_name), x)
+
+
+@cache
+def _reward_net(dataset_name: str):
+    return load_classifier(classifier_path(dataset_name, "reward"))
+
+
+@torch.no_grad()
+def _features(model, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    return torch.cat([model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def proxy_fd(dataset_name: str, samples) -> float:
+    """FD in the reward classifier's features against the train split: the score searches and
+    tuners may optimise. dFD (evaluation classifier, test split) stays out of their reach."""
+    from fewstep.core.metrics import frechet_distance
+    from threadpoolctl import threadpool_limits
+
+    feats = _features(_reward_net(dataset_name), check_samples(dataset_name, samples))
+    with threadpool_limits(limits=1, user_api="blas"):
+        return frechet_distance(_reward_train_features(dataset_name), feats)
+
+
+@cache
 def real_data_baseline(dataset_name: str, n: int | None = 2000, seed: int = 0) -> QualityReport:
     """The floor: the report of n random real train images (None: all) vs the test split.
 

@@ -47,5 +47,7 @@ def summary(name_or_path: str | os.PathLike) -> str:
         )
     if card.get("kind") == "classifier":
         acc = card.get("test_accuracy")
-        return f"classifier for {card.get('dataset', '?')} (dFD features)" + (f", test accuracy {acc:.3f}" if acc else "")
+        role = ("reward: what methods may optimise, never the evaluation" if card.get("role") == "reward"
+                else "evaluation: dFD features, never given to a method")
+        return f"classifier for {card.get('dataset', '?')} ({role})" + (f", test accuracy {acc:.3f}" if acc else "")
     return str(card.get("kind", "unknown"))

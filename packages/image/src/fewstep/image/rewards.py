@@ -1,8 +1,9 @@
 """Image rewards for objectives that fine-tune while distilling (``fewstep.core.distill.rewards``).
 
-``classifier_reward("digits")`` is the log-probability the shipped classifier of a dataset
-(``fewstep.image.classifier``) gives the requested class: log softmax(classifier(x))[y], a
-differentiable (B,) reward with frozen weights. It rewards class fidelity, as a CFG-like signal
+``classifier_reward("digits")`` is the log-probability the shipped *reward* classifier of a dataset
+(``fewstep.image.classifier``, role "reward": trained on the other half of the train split, another
+seed) gives the requested class: log softmax(classifier(x))[y], a differentiable (B,) reward with
+frozen weights. The evaluation classifier that defines dFD is never a reward. It rewards class fidelity, as a CFG-like signal
 from a model other than the teacher; like any learned reward it can be hacked (adversarial
 patterns the classifier likes), which is why Flash-DMD keeps the distillation losses on beside it.
 """
@@ -48,8 +49,28 @@ class ClassifierReward:
 
 
 def classifier_reward(dataset: str) -> ClassifierReward:
-    """The reward log p(y | x) under the classifier shipped for ``dataset`` ("digits", "shapes")."""
-    return ClassifierReward(load_classifier(classifier_path(dataset)))
+    """The reward log p(y | x) under the *reward* classifier shipped for ``dataset`` ("digits",
+    "shapes"): trained on the other half of the train split with another seed than the evaluation
+    classifier that defines dFD and accuracy, which no method is ever given."""
+    path = classifier_path(dataset, "reward")
+    if not path.with_name(path.name + ".safetensors").is_file():
+        raise FileNotFoundError(
+            f"{path}.safetensors: no reward classifier for {dataset}; train it with "
+            f"`fewstep-image train-classifier {dataset} --role reward` (the evaluation classifier is never used as a reward)"
+        )
+    if _tensors_hash(path) == _tensors_hash(classifier_path(dataset, "eval")):
+        raise ValueError(f"{path}: the reward classifier holds the evaluation classifier's weights; retrain it with --role reward")
+    return ClassifierReward(load_classifier(path))
+
+
+def _tensors_hash(stem) -> str:
+    """The SHA-256 of a checkpoint's tensors, read without building the net (the evaluation
+    classifier is compared this way, never loaded, when a reward is made)."""
+    from safetensors.torch import load_file
+
+    from fewstep.core.io import tensors_sha256
+
+    return tensors_sha256(load_file(f"{stem}.safetensors"))
 
 
 __all__ = ["ClassifierReward", "classifier_reward"]

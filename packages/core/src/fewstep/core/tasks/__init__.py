@@ -4,7 +4,7 @@
 ``fewstep.core.experiment`` runs any distillation objective on any of them. See docs/tasks.md.
 """
 
-from .metric import LEVEL, VERDICTS, Metric, bootstrap, bootstrap_mean, bootstrap_ratio, compare
+from ..intervals import LEVEL, VERDICTS, Metric, bootstrap, bootstrap_mean, bootstrap_ratio, compare
 from .registry import GROUP, TASKS, discover, get_task, task_names
 from .task import SPLITS, Budget, Rule, Samples, Task
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .metric import Metric
+from ..intervals import Metric
 
 SPLITS = ("train", "eval")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

@@ -123,3 +123,34 @@ def compare(a: Metric, b: Metric, level: float = LEVEL) -> str:
     if abs(diff) <= spread:
         return "not distinguishable"
     return "better" if (diff > 0) == a.higher_is_better else "worse"
+
+
+def from_se(value: float, se: float, n: int, *, higher_is_better: bool = False, level: float = LEVEL,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> Metric:
+    """A Metric from a point estimate and its standard error (an analytic or first-order one)."""
+    half = _z(level) * se
+    lo, hi = bounds
+    return Metric(value, max(lo, min(value, value - half)), min(hi, max(value, value + half)), n, se, higher_is_better, level)
+
+
+def bootstrap_two(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_a: int,
+    n_b: int,
+    *,
+    resamples: int = 200,
+    level: float = LEVEL,
+    seed: int = 0,
+    higher_is_better: bool = False,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> Metric:
+    """Two-sample standard-error bootstrap: ``statistic(idx_a, idx_b)`` on rows of two sets (real
+    and generated), both resampled with replacement each time; n is the generated set's size."""
+    if min(n_a, n_b) < 2 or resamples < 2:
+        raise ValueError(f"bootstrap_two needs >= 2 rows per set and >= 2 resamples (got {n_a}, {n_b}, {resamples})")
+    value = float(statistic(np.arange(n_a), np.arange(n_b)))
+    rng = np.random.default_rng(seed)
+    reps = np.array([statistic(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)])
+    if not np.isfinite(value) or not np.isfinite(reps).all():
+        raise ValueError(f"the statistic is not finite on these samples (value {value}); are the samples finite?")
+    return from_se(value, float(reps.std(ddof=1)), n_b, higher_is_better=higher_is_better, level=level, bounds=bounds)
