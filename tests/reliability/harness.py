@@ -19,9 +19,10 @@ import os
 import signal
 import subprocess
 import sys
+import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def package_clis() -> dict[str, object]:
 
 def _annotation(param) -> type | None:
     ann = param.type_descriptor.annotation
-    args = [a for a in typing.get_args(ann) if a is not type(None)]
-    ann = args[0] if args and typing.get_origin(ann) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else ann
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):  # Optional[int], int | None
+        ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
     return ann if ann in (int, float) else None
 
 
@@ -78,8 +79,8 @@ def accepted(parser, text: str) -> bool:
 
 # -- running a CLI for real ---------------------------------------------------------------------
 def run(argv: list[str], fault: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m <argv>`` in a fresh process (one thread, no progress bars)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "COLUMNS": "300"}
+    """Run ``python -m <argv>`` in a fresh process (one torch thread)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
     env.pop("FEWSTEP_FAULT", None)
     if fault:
         env["FEWSTEP_FAULT"] = fault
@@ -105,7 +106,7 @@ def invoke(argv: list[str], fault: str | None = None) -> Ran:
     env = {"FEWSTEP_FAULT": fault} if fault else {}
     old = os.environ.pop("FEWSTEP_FAULT", None)
     try:
-        r = CliRunner().invoke(app, argv[1:], env={"COLUMNS": "300", "TQDM_DISABLE": "1", **env})
+        r = CliRunner().invoke(app, argv[1:], env={"COLUMNS": "300", **env})
     finally:
         os.environ.pop("FEWSTEP_FAULT", None)
         if old is not None:
@@ -161,7 +162,6 @@ class Writer:
     changed: tuple[str, ...] = ()
     key: str = ""
     folder: bool = False  # the output is a folder (report.md ...), not a checkpoint stem
-    extra: dict = field(default_factory=dict)
 
     def committed(self, out: Path) -> Path:
         """The file whose rename commits the first save the scenarios break."""

@@ -176,5 +176,5 @@ def test_forecast_csv_is_written_whole(trained, user_csv, tmp_path):
                "--out", tmp_path / "f.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "f.csv")) == 2 * 24 and [p.name for p in tmp_path.iterdir()] == ["f.csv"]
-    res = _run("forecast", trained, "--csv", user_csv, "--out", tmp_path / "missing" / "f.csv")
-    assert res.exit_code == 2 and "the folder" in res.output and "does not exist" in res.output
+    res = _run("forecast", trained, "--csv", user_csv, "--out", tmp_path / "f.csv" / "g.csv")  # a file in the way
+    assert res.exit_code == 2 and "a file stands where a folder is needed" in res.output

@@ -1,5 +1,5 @@
-"""NaN/inf never comes back from sample(): bad noise is refused, a non-finite prediction stops the
-solve at the network evaluation that produced it."""
+"""NaN/inf never comes back from sample(): bad noise is refused, a non-finite prediction fails the
+solve and names the network evaluation that produced it."""
 
 import pytest
 import torch
@@ -28,5 +28,5 @@ def test_a_nan_prediction_names_the_evaluation(solver):
         return out * float("nan") if len(calls) == 3 else out
 
     den.net.forward = poisoned
-    with pytest.raises(FloatingPointError, match=rf"{solver}: the model's prediction is NaN/inf at network evaluation 3 \(t="):
+    with pytest.raises(FloatingPointError, match=rf"{solver}: the model's prediction is first NaN/inf at network evaluation 3 \(t="):
         sample(den, torch.randn(2, 1, 4, 4), solver, 6, cond=torch.tensor([0, 1]))

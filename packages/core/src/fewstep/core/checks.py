@@ -66,13 +66,6 @@ class Number:
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
 
-    def check(self, name: str, value) -> int | float:
-        """For library code: ``name`` must satisfy this, else ValueError naming it."""
-        try:
-            return self.parse(value)
-        except ValueError as e:
-            raise ValueError(f"{name} {e}") from None
-
 
 def count(lo: int = 1, hi: int = MAX_COUNT, sentinel: int | None = None, meaning: str = "") -> Number:
     """An integer in [lo, hi] (iterations, samples, steps, sizes)."""

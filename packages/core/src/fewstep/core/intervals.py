@@ -87,12 +87,14 @@ def bootstrap(
     value = float(statistic(np.arange(n)))
     rng = np.random.default_rng(seed)
     reps = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)], dtype=np.float64)  # (B,)
+    return _from_resamples(value, reps, n, higher_is_better=higher_is_better, level=level, bounds=bounds)
+
+
+def _from_resamples(value: float, reps: np.ndarray, n: int, **kw) -> Metric:
+    """The standard-error bootstrap Metric from the point value and the resampled values."""
     if not np.isfinite(value) or not np.isfinite(reps).all():
         raise ValueError(f"the statistic is not finite on these samples (value {value}); are the samples finite?")
-    se = float(reps.std(ddof=1))
-    half = _z(level) * se
-    lo, hi = bounds
-    return Metric(value, max(lo, value - half), min(hi, value + half), n, se, higher_is_better, level)
+    return from_se(value, float(reps.std(ddof=1)), n, **kw)
 
 
 def bootstrap_mean(per_sample, *, higher_is_better: bool = False, bounds=(-math.inf, math.inf), **kw) -> Metric:
@@ -151,6 +153,4 @@ def bootstrap_two(
     value = float(statistic(np.arange(n_a), np.arange(n_b)))
     rng = np.random.default_rng(seed)
     reps = np.array([statistic(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)])
-    if not np.isfinite(value) or not np.isfinite(reps).all():
-        raise ValueError(f"the statistic is not finite on these samples (value {value}); are the samples finite?")
-    return from_se(value, float(reps.std(ddof=1)), n_b, higher_is_better=higher_is_better, level=level, bounds=bounds)
+    return _from_resamples(value, reps, n_b, higher_is_better=higher_is_better, level=level, bounds=bounds)

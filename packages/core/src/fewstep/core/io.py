@@ -151,8 +151,7 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], card
     header = json.dumps(full, sort_keys=True)  # a card that is not JSON fails here, before any write
     _atomic_write(weights_path, lambda tmp: save_file(flat, tmp, metadata={HEADER_KEY: header}), "weights-temp")
     faults.hit("weights-committed", str(weights_path))
-    sidecar = {**full, "weights_bytes": weights_path.stat().st_size, "weights_sha256": _file_sha256(weights_path)}
-    text = json.dumps(sidecar, indent=2, sort_keys=True)
+    text = json.dumps({**full, "weights_bytes": weights_path.stat().st_size}, indent=2, sort_keys=True)
     _atomic_write(card_path, lambda tmp: Path(tmp).write_text(text))
     return weights_path
 
@@ -226,8 +225,7 @@ def _compare_json_copy(stored: dict, copy: dict | None, card_path: Path) -> None
             stacklevel=3,
         )
         return
-    extra = {"weights_bytes", "weights_sha256"}
-    if {k: v for k, v in copy.items() if k not in extra} != stored:
+    if {k: v for k, v in copy.items() if k != "weights_bytes"} != stored:
         warnings.warn(
             f"{card_path} was edited: fewstep reads the card stored inside the weights, which the edit does not "
             f"change. To change a card, load the model and save it again.",

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .io import CheckpointError, WriteError, describe_os_error
+from .io import CheckpointError, WriteError, checkpoint_stem, describe_os_error
 
 _HELD: dict[str, int] = {}  # lock path -> depth, for this process
 
@@ -28,9 +28,7 @@ class LockedError(CheckpointError):
 
 
 def lock_path(target: str | os.PathLike) -> Path:
-    p = Path(target)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
+    p = checkpoint_stem(target)
     return p.with_name(f".{p.name}.lock")
 
 
@@ -41,9 +39,7 @@ def _is_rank0() -> bool:
 def stale_temps(target: str | os.PathLike) -> list[Path]:
     """Temporary files (``.<name>*.tmp``) an interrupted write of ``target`` left behind: beside a
     checkpoint stem, or inside a work directory."""
-    p = Path(target)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
+    p = checkpoint_stem(target)
     found = list(p.parent.glob(f".{p.name}.*.tmp")) if p.parent.is_dir() else []
     if p.is_dir():
         found += list(p.glob(".*.tmp"))

@@ -280,14 +280,8 @@ def density_coverage(real: ArrayLike, fake: ArrayLike, k: int = 5) -> tuple[floa
     if not (isinstance(k, int | np.integer) and k >= 1):
         raise ValueError(f"k must be a positive integer, got {k!r}; the paper uses k=5.")
     real, fake = _as_pair(real, fake, ("real", "fake"), min_n=k + 1)
-    rt, ft = torch.from_numpy(real), torch.from_numpy(fake)
-    radii = _knn_radii(rt, k)  # (N,)
-    count, covered = 0, torch.zeros(rt.shape[0], dtype=torch.bool)
-    for _, dist in _pairwise_dist(ft, rt):  # (rows of fake, N)
-        inside = dist <= radii[None, :]
-        count += int(inside.sum())
-        covered |= inside.any(dim=0)
-    return count / (k * ft.shape[0]), float(covered.double().mean())
+    density, covered = _density_coverage_per_sample(torch.from_numpy(real), torch.from_numpy(fake), k)
+    return float(density.mean()), float(covered.mean())
 
 
 def _density_coverage_per_sample(real: torch.Tensor, fake: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:

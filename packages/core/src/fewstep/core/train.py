@@ -252,9 +252,12 @@ def load_training_state(out_dir: Path, parts: Sequence[Part], settings: dict | N
         saved_settings = card.get("settings") or _flatten({"train": card.get("train_config", {})})
         now = settings if "settings" in card else {k: v for k, v in settings.items() if k.startswith("train.")}
         # A plain run may be extended (more iterations: warmup-then-constant learning rates do not
-        # depend on the total); a module whose schedule does puts its total into the card.
+        # depend on the total; a cosine schedule does); a module whose own schedule does puts its
+        # total into the card.
+        extendable = settings.get("train.lr_schedule", "constant") == "constant"
+
         def fixed(d):
-            return {k: v for k, v in d.items() if k.rsplit(".", 1)[-1] != "iterations"}
+            return {k: v for k, v in d.items() if not (extendable and k.rsplit(".", 1)[-1] == "iterations")}
 
         diff = changed_settings(fixed(saved_settings), fixed(now))
         done, wanted = int(card.get("iteration", 0)), int(settings.get("train.iterations", 0))

@@ -9,7 +9,7 @@ a checkpoint hold its write lock (``output_lock``) from the start, and name it b
 from __future__ import annotations
 
 import json
-import os
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -69,19 +69,6 @@ def _guidance(solver: str, steps: Optional[int], scale: Optional[float], energy:
     own = den.card.student_steps if solver == "auto" and den is not None else None  # a student samples with its own step count
     scale = default_scale(steps or own) if scale is None else scale
     return GuidanceConfig(energy=energy, scale=scale, solver=solver, num_steps=steps, grid=grid)
-
-
-def _writable(path: Optional[Path], option: str) -> None:
-    """Refuse an output file that cannot be written, before any work."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"{option} {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{option} {path}: cannot write into {parent} (permission denied); choose another {option}")
 
 
 def _check_sizes(den, data, num_samples: int, batch_size: int = 16) -> None:
@@ -187,13 +174,15 @@ def forecast(
     """Forecast the next prediction-length steps after the end of each series."""
     from .forecasting import forecast_future
 
-    _writable(out_csv, "--out")
-    _writable(plot, "--plot")
-    den, cfg = _model(model, None)
-    guidance = _guidance(solver, steps, scale, energy, den)
-    data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, 1, timestamp_column)
-    _check_sizes(den, data, num_samples)
-    table = forecast_future(den, data, guidance, num_samples, plot, out_csv)
+    with contextlib.ExitStack() as held:  # --out and --plot: writable and ours before any work
+        for path in (out_csv, plot):
+            if path is not None:
+                held.enter_context(output_lock(path))
+        den, cfg = _model(model, None)
+        guidance = _guidance(solver, steps, scale, energy, den)
+        data = _data(dataset, csv, freq or cfg.freq, cfg.prediction_length, 1, timestamp_column)
+        _check_sizes(den, data, num_samples)
+        table = forecast_future(den, data, guidance, num_samples, plot, out_csv)
     typer.echo(table)
 
 

@@ -62,19 +62,25 @@ class Bound:
     def __init__(self, denoiser: Denoiser, cond, guidance, solver: str = ""):
         self.denoiser, self.cond, self.guidance = denoiser, cond, guidance
         self.schedule = denoiser.schedule
-        self.solver, self.calls = solver, 0
+        self.solver = solver
+        self.finite: list[tuple[Tensor, Tensor | float]] = []  # per call: (prediction finite?, t), no device sync
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         out = self.denoiser(x, t, self.cond, self.guidance)
-        self.calls += 1
-        if not bool(torch.isfinite(out).all()):
-            tv = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
-            bad = "its input was already NaN/inf" if not bool(torch.isfinite(x).all()) else "its input was finite"
-            raise FloatingPointError(
-                f"{self.solver}: the model's prediction is NaN/inf at network evaluation {self.calls} (t={tv:.4g}; {bad}); "
-                f"try more steps, another solver, or check the weights"
-            )
+        self.finite.append((torch.isfinite(out).all(), t))
         return out
+
+    def first_non_finite(self) -> str | None:
+        """Where the first NaN/inf prediction came from (read once, after the solve)."""
+        if not self.finite:
+            return None
+        ok = torch.stack([f for f, _ in self.finite]).cpu()
+        if bool(ok.all()):
+            return None
+        k = int((~ok).nonzero()[0])
+        t = self.finite[k][1]
+        tv = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        return f"the model's prediction is first NaN/inf at network evaluation {k + 1} (t={tv:.4g})"
 
 
 def sampling_grid(schedule, num_steps: int, grid: str | os.PathLike | Tensor = "logsnr", denoise_to_zero: bool = False) -> Tensor:
@@ -134,6 +140,9 @@ def sample(
     finally:
         denoiser.train(was_training)
     if not bool(torch.isfinite(x).all()):
+        where = model.first_non_finite()
+        if where:
+            raise FloatingPointError(f"{spec.name}: {where}; try more steps, another solver, or check the weights")
         raise FloatingPointError(
             f"{spec.name} produced NaN/inf after {len(ts) - 1} steps (grid {ts[0].item():.4g} -> {ts[-1].item():.4g}): "
             f"the model's outputs are not finite there; try more steps, another solver, or check the weights"
