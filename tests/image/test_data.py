@@ -100,7 +100,7 @@ def test_shape_masks_have_the_expected_areas():
 
 
 def test_registry_and_unknown_names():
-    assert set(DATASETS) == {"digits", "shapes"}
+    assert set(DATASETS) == {"digits", "shapes", "photos"}
     x, y = load_dataset("digits", "test")
     info = DATASETS["digits"]
     assert x.shape[1:] == info.shape and int(y.max()) < info.num_classes
@@ -121,3 +121,19 @@ def test_photos_are_offline_rgb_in_unit_range():
     assert "astronaut" in data.available_photos()
     with pytest.raises(ValueError, match="available"):
         load_photos(["lena"])
+
+
+def test_photo_crops_are_class_balanced_deterministic_and_split_by_seed():
+    x, y = load_dataset("photos", "test")
+    info = DATASETS["photos"]
+    assert x.shape == (150 * info.num_classes, *info.shape) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(torch.bincount(y), torch.full((info.num_classes,), 150))
+    x2, _ = load_dataset("photos", "test")
+    assert torch.equal(x, x2)  # the same crops on every call (and every machine)
+    xt, yt = load_dataset("photos", "train")
+    assert len(xt) == 1000 * info.num_classes
+    # the splits are independent draws of positions: few test crops coincide with a train crop
+    same = (torch.cdist(x[y == 0].flatten(1), xt[yt == 0].flatten(1)).min(1).values < 1e-6).float().mean()
+    assert float(same) < 0.2
+    with pytest.raises(ValueError, match="train"):
+        load_dataset("photos", "all")

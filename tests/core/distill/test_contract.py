@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from fewstep.core.distill import OBJECTIVES, DistillConfig, DistillModule, TrajectoryConfig, distill, make_objective, make_student
+from fewstep.core.distill import OBJECTIVES, DistillConfig, DistillModule, TrajectoryConfig, distill, make_objective, student_for
 from fewstep.core.distill.registry import objective_from_description
 from fewstep.core.distill.runner import _training_data
 from fewstep.core.io import load_weights, save_weights
@@ -41,8 +41,7 @@ def _module(name, tmp_path, seed=0):
     teacher = tiny_unet_denoiser(seed=0)
     obj = _objective(name)
     k = STUDENT_STEPS.get(name, 1)
-    spec = obj.student_spec(teacher)
-    student = make_student(teacher, spec, k, obj.sampler(teacher, k))
+    student = student_for(teacher, obj, k)  # as the runner builds it (v, converted, for this eps teacher)
     module = DistillModule(teacher, student, obj, total_iterations=10)
     data = _training_data(module, obj, _cfg(1), _data(), tmp_path / "work", progress=False)
     idx = torch.arange(4)

@@ -75,13 +75,20 @@ def test_one_student_ddim_step_lands_on_two_teacher_steps(last):
     assert (float(a[0]), float(s[0])) == ((1.0, 0.0) if last else (float(sched.alpha(t2[0])), float(sched.sigma(t2[0]))))
 
 
-@pytest.mark.parametrize("steps, want", [(1, "v"), (2, "eps")])
-def test_auto_prediction_is_v_only_for_one_step_students_of_eps_teachers(steps, want):
+@pytest.mark.parametrize("steps", [1, 2])
+def test_auto_prediction_is_v_for_eps_teachers_and_keeps_the_teachers_function(steps):
+    from fewstep.core.distill import student_for
+
     teacher = tiny_unet_denoiser()  # eps-prediction
-    module = _module(teacher, ProgressiveDistillation(), steps, total=10)
-    assert module.student.prediction == module.target.prediction == want
-    assert _module(teacher, ProgressiveDistillation(prediction=None), 1, total=10).student.prediction == "eps"
-    assert _module(gmm_teacher(), ProgressiveDistillation(), 1, total=10).student.prediction == "x0"
+    student = student_for(teacher, ProgressiveDistillation(), steps)
+    module = DistillModule(teacher, student, ProgressiveDistillation(), 10)
+    assert module.student.prediction == module.target.prediction == "v"
+    assert module.student.reparam.net_prediction == "eps"
+    x, y = _tiny_batch()
+    t = torch.full((4,), 0.5, dtype=torch.float64)  # alpha(0.5) = 0.28, above the floor: exact
+    torch.testing.assert_close(student.eval()(x, t, y), teacher.eval()(x, t, y), rtol=1e-4, atol=1e-5)
+    assert student_for(teacher, ProgressiveDistillation(prediction="eps"), 1).prediction == "eps"
+    assert student_for(gmm_teacher(), ProgressiveDistillation(), 1).prediction == "x0"
 
 
 # -- rounds, resume, gradients ----------------------------------------------------------------------
@@ -234,7 +241,8 @@ def test_smoke_distill_saves_and_reloads(tmp_path, method, steps):
     student = load_denoiser(tmp_path / "s")
     assert student.card.sampler.solver == "ddim" and student.card.student_steps == steps
     assert student.card.sampler.grid[-1] == 0.0 and len(student.card.sampler.grid) == steps + 1
-    assert student.prediction == ("v" if steps == 1 else "eps")
+    assert student.prediction == "v" and student.reparam == res.student.reparam  # the conversion round-trips
+    assert student.reparam.net_prediction == "eps" and student.reparam.alpha_floor == cfg.alpha_floor
     assert student.guidance_embedded == (method == "guided-pd")
     noise = torch.randn(3, 1, 8, 8)
     cond = torch.arange(3)
@@ -244,3 +252,23 @@ def test_smoke_distill_saves_and_reloads(tmp_path, method, steps):
     assert student.net_evals == steps
     torch.testing.assert_close(out, sample(res.student, noise, cond=cond, guidance=2.0 if method == "guided-pd" else None))
 
+
+
+def test_guided_student_samples_at_the_guidance_it_was_trained_for(tmp_path):
+    """The defect: a guided-PD student was sampled at w = 1 (no guidance) though trained on w in
+    [w_min, w_max]. Its card now carries the range, it samples at ``w_sample`` by default, and a
+    scale outside the range is refused."""
+    teacher = tiny_unet_denoiser()
+    x, y = _tiny_batch(16)
+    cfg = DistillConfig(student_steps=2, train=TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, progress=False))
+    obj = make_objective("guided-pd", start_steps=4, w_min=1.5, w_max=3.0, w_sample=2.5)
+    distill(teacher, obj, cfg, tmp_path / "s", data=(x, y), progress=False)
+    student = load_denoiser(tmp_path / "s")
+    assert student.guidance == 2.5 and student.card.provenance["guidance_range"] == [1.5, 3.0]
+    noise, cond = torch.randn(3, 1, 8, 8), torch.arange(3)
+    torch.testing.assert_close(sample(student, noise, cond=cond), sample(student, noise, cond=cond, guidance=2.5))
+    assert not torch.allclose(sample(student, noise, cond=cond), sample(student, noise, cond=cond, guidance=1.5))
+    with pytest.raises(ValueError, match=r"trained for w in \[1.5, 3\]"):
+        sample(student, noise, cond=cond, guidance=1.0)
+    with pytest.raises(ValueError, match="w_sample"):
+        make_objective("guided-pd", w_min=1.0, w_max=2.0, w_sample=3.0)

@@ -68,6 +68,40 @@ class Boundary:
 
 
 @dataclass(frozen=True)
+class Reparam:
+    """The net predicts ``net_prediction``; the Denoiser converts its output to its own
+    parametrisation at every call. A student initialised from a teacher of another parametrisation
+    keeps the teacher's function this way instead of re-reading its weights as the new output.
+
+    The conversion goes through (x0, eps) = to_x0_eps(out) with the coefficient it divides by
+    floored: alpha by ``alpha_floor`` (eps -> x0 = (x - sigma eps) / alpha) and sigma likewise (x0
+    -> eps). It is exact wherever alpha, sigma >= alpha_floor (``alpha_floor`` = 0: exact
+    everywhere). Near t_max of a VP schedule alpha ~ 0.006, and the exact eps -> x0 map multiplies
+    every error in eps by 1/alpha ~ 160 (the reason one-step students use v; Salimans & Ho 2022,
+    Sec. 4): floored, the gain is at most 1/alpha_floor and x0 starts as (alpha / alpha_floor) times
+    the teacher's x0 there, a faint copy instead of noise."""
+
+    net_prediction: str
+    alpha_floor: float = 0.0
+
+    def __post_init__(self):
+        if self.net_prediction not in ("eps", "x0", "v", "flow"):
+            raise CardError(f"reparam.net_prediction={self.net_prediction!r}: use eps, x0, v or flow")
+        f = self.alpha_floor
+        if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f) or not 0 <= f < 1:
+            raise CardError(f"reparam.alpha_floor={f!r} must be a number in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"net_prediction": self.net_prediction, "alpha_floor": float(self.alpha_floor)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Reparam:
+        if not isinstance(d, Mapping) or set(d) != {"net_prediction", "alpha_floor"}:
+            raise CardError(f"reparam={d!r} needs exactly the keys 'net_prediction' and 'alpha_floor'")
+        return cls(d["net_prediction"], d["alpha_floor"])
+
+
+@dataclass(frozen=True)
 class SamplerRule:
     """A distilled student's own sampling rule: ``solver`` on its trained ``grid`` (explicit
     descending times, which may end with 0, or a grid name) with fixed solver ``options``."""

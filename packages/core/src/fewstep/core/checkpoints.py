@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .card import Boundary, CardError, ModelCard, SamplerRule
+from .card import Boundary, CardError, ModelCard, Reparam, SamplerRule
 from .denoiser import Denoiser
 from .io import CheckpointError, checkpoint_paths, load_state_into, load_weights, save_weights
 from .schedules import schedule_from_dict
@@ -33,6 +33,7 @@ def denoiser_card(denoiser: Denoiser, extra: dict[str, Any] | None = None) -> di
         "guidance": denoiser.guidance,
         "clip_x0": denoiser.clip_x0,
         "boundary": denoiser.boundary.to_dict() if denoiser.boundary else None,
+        **({"reparam": denoiser.reparam.to_dict()} if denoiser.reparam else {}),
         "card": card.to_dict(),
         **({"transforms": transforms} if transforms else {}),
     }
@@ -114,6 +115,7 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
     try:
         schedule = schedule_from_dict(card["schedule"])
         boundary = Boundary.from_dict(card["boundary"]) if card.get("boundary") else None
+        reparam = Reparam.from_dict(card["reparam"]) if card.get("reparam") else None
         _check_weights_fit_memory(tensors, card, card_path)
         net = build_net(card["net"]["kind"], card["net"]["config"])
         replay(net, card.get("transforms", []))
@@ -139,5 +141,6 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu", e
         clip_x0=card.get("clip_x0"),
         boundary=boundary,
         card=model_card,
+        reparam=reparam,
     )
     return den.to(device).eval()

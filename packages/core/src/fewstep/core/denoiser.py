@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .card import Boundary, ModelCard
+from .card import Boundary, ModelCard, Reparam
 from .schedules import Schedule
 from .updates import PREDICTIONS, _bcast, _check_prediction, convert, eps_from_x0, from_x0_eps, to_x0_eps  # noqa: F401 (the public conversions)
 
@@ -29,6 +29,8 @@ class Denoiser(nn.Module):
             ``clip_sample``; Saharia et al. 2022 static thresholding). For data in a known range.
         boundary: a consistency model's skip/out parametrisation (:class:`~fewstep.core.card.Boundary`),
             part of what the model returns, so it lives here and not on the card.
+        reparam: the net predicts another parametrisation, converted to ``prediction`` at every call
+            (:class:`~fewstep.core.card.Reparam`: a student that keeps a teacher's weights).
         card: how to use the checkpoint (:class:`~fewstep.core.card.ModelCard`: a student's step count
             and own sampling rule, provenance); ``sample(den, x)`` reads it, the forward pass never does.
     Counters: ``nfe`` counts Denoiser calls, ``net_evals`` counts network forward passes
@@ -47,6 +49,7 @@ class Denoiser(nn.Module):
         clip_x0: float | None = None,
         boundary: Boundary | None = None,
         card: ModelCard | None = None,
+        reparam: Reparam | None = None,
     ):
         super().__init__()
         if not isinstance(schedule, Schedule):
@@ -63,6 +66,9 @@ class Denoiser(nn.Module):
         if boundary is not None and not isinstance(boundary, Boundary):
             raise TypeError(f"boundary must be a fewstep.core.card.Boundary, got {type(boundary).__name__}")
         self.boundary = boundary
+        if reparam is not None and not isinstance(reparam, Reparam):
+            raise TypeError(f"reparam must be a fewstep.core.card.Reparam, got {type(reparam).__name__}")
+        self.reparam = reparam
         if card is not None and not isinstance(card, ModelCard):
             raise TypeError(f"card must be a fewstep.core.card.ModelCard, got {type(card).__name__}")
         self.card = card or ModelCard()
@@ -115,7 +121,17 @@ class Denoiser(nn.Module):
                 f"net returned shape {tuple(out.shape)} for input {tuple(x.shape)}"
                 + (f"; this student samples only with its own rule ({self.card.sampler.solver!r})" if self.card.sampler else "")
             )
-        return out
+        return out if self.reparam is None else self._convert_net_output(out, x, t)
+
+    def _convert_net_output(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The net's ``reparam.net_prediction`` output in this Denoiser's parametrisation (card.Reparam)."""
+        alpha, sigma = self.coefficients(t)
+        src, f = self.reparam.net_prediction, self.reparam.alpha_floor
+        # Floor only the coefficient the inversion divides by: alpha for eps, sigma for x0.
+        a = alpha.clamp(min=f) if src == "eps" else alpha
+        s = sigma.clamp(min=f) if src == "x0" else sigma
+        x0, eps = to_x0_eps(out, src, x, a, s)
+        return from_x0_eps(x0, eps, self.prediction, alpha, sigma)
 
     def null_cond(self, cond: Tensor) -> Tensor:
         """The unconditional counterpart of ``cond`` (null label, or NaN rows for embeddings)."""
@@ -202,5 +218,5 @@ class Denoiser(nn.Module):
         return (
             f"schedule={self.schedule.kind}, prediction={self.prediction}, "
             f"sample_shape={self.sample_shape}, num_classes={self.num_classes}, "
-            f"boundary={self.boundary}, clip_x0={self.clip_x0}, card={self.card}"
+            f"boundary={self.boundary}, reparam={self.reparam}, clip_x0={self.clip_x0}, card={self.card}"
         )

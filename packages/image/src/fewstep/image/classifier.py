@@ -22,8 +22,8 @@ from fewstep.image.data import dataset_info, load_dataset
 from torch import nn
 
 # Training recipe of the shipped weights, per dataset: steps, and max relative scale jitter.
-DEFAULT_STEPS = {"digits": 1500, "shapes": 1000}
-SCALE_JITTER = {"digits": 0.10, "shapes": 0.05}
+DEFAULT_STEPS = {"digits": 1500, "shapes": 1000, "photos": 1500}
+SCALE_JITTER = {"digits": 0.10, "shapes": 0.05, "photos": 0.05}
 
 
 def weights_dir() -> Path:

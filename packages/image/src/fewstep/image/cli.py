@@ -33,7 +33,7 @@ def evaluate(
     grid: Optional[str] = typer.Option(None, help="time grid: uniform, logsnr, karras, quadratic, tuned, or a searched grid .json (default: the student's trained grid, else logsnr)"),
     n: int = typer.Option(500, "--n", parser=checks.count(20, 1_000_000), help="number of samples (>= 20 for a meaningful dFD)"),
     seed: int = typer.Option(0, "--seed", parser=checks.seed()),
-    guidance: float = typer.Option(1.0, parser=checks.real(0, 50), help="classifier-free guidance scale (1 = none, 0 = unconditional)"),
+    guidance: Optional[float] = typer.Option(None, parser=checks.real(0, 50), help="classifier-free guidance scale (1 = none, 0 = unconditional; default: the model's own, 1 for teachers, the trained default for guided students)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Sample a model and print dFD, accuracy, recall, NFE and seconds per sample."""
@@ -56,7 +56,7 @@ def evaluate(
 @app.command("train-teacher")
 @friendly
 def train_teacher_cmd(
-    dataset: str = typer.Argument(..., help="digits or shapes"),
+    dataset: str = typer.Argument(..., help="digits, shapes or photos"),
     out: Path = typer.Option(..., help="checkpoint stem to write (out.safetensors + out.json)"),
     steps: Optional[int] = typer.Option(None, "--iterations", parser=checks.count(1), help="training iterations (default: the shipped recipe's)"),
     seed: int = typer.Option(0, "--seed", parser=checks.seed()),
@@ -83,7 +83,7 @@ def train_teacher_cmd(
 @app.command("train-classifier")
 @friendly
 def train_classifier_cmd(
-    dataset: str = typer.Argument(..., help="digits or shapes"),
+    dataset: str = typer.Argument(..., help="digits, shapes or photos"),
     out: Optional[Path] = typer.Option(None, help="checkpoint stem (default: the shipped location)"),
     iterations: Optional[int] = typer.Option(None, "--iterations", parser=checks.count(1), help="training iterations (default: the shipped recipe's)"),
     seed: int = typer.Option(0, "--seed", parser=checks.seed()),

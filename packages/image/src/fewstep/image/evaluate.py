@@ -23,7 +23,7 @@ class EvalConfig:
     grid: str | torch.Tensor | None = None  # None: the student's trained grid, else logsnr; or explicit times
     n: int = 500
     seed: int = 0
-    guidance: float = 1.0
+    guidance: float | None = None  # None: the model's own (a guided student's trained default; 1 for teachers)
     batch_size: int = 500
     denoise_to_zero: bool = True  # last step returns the x0 prediction (as diffusers' schedulers do)
 
@@ -79,5 +79,5 @@ def evaluate_denoiser(den: Denoiser, cfg: EvalConfig = EvalConfig()) -> dict:
         "seconds_per_sample": sec,
         "solver": solver,
         "steps": steps,
-        "guidance": cfg.guidance,
+        "guidance": den.guidance if cfg.guidance is None else cfg.guidance,
     }

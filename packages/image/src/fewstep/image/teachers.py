@@ -51,6 +51,14 @@ RECIPES: dict[str, TeacherRecipe] = {
         prediction="v",
         train=TrainConfig(iterations=3000, batch_size=48, lr=1e-3, warmup_iterations=200, ema_decay=0.999),
     ),
+    # Crops of real photographs (textures, faces, stars): the task whose dFD does not saturate.
+    "photos": TeacherRecipe(
+        dataset="photos",
+        net=UNetConfig(in_channels=3, image_size=32, channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
+                       attn_resolutions=(8,), num_classes=14, label_dropout=0.1),
+        prediction="v",
+        train=TrainConfig(iterations=8000, batch_size=48, lr=1e-3, warmup_iterations=200, ema_decay=0.999),
+    ),
 }
 
 

@@ -4,7 +4,7 @@
 student; ``OBJECTIVES`` maps each method name to its Objective class. See docs/distillation.md.
 """
 
-from .base import Batch, DistillModule, Objective, StudentSpec, make_student, uniform_times
+from .base import Batch, DistillModule, Objective, StudentSpec, make_student, student_for, student_reparam, uniform_times
 from .registry import OBJECTIVES, make_objective, methods, objective_class
 from .runner import DistillConfig, DistillResult, distill
 from .trajectories import TrajectoryConfig, cached_trajectories, teacher_trajectories
@@ -22,6 +22,8 @@ __all__ = [
     "distill",
     "make_objective",
     "make_student",
+    "student_for",
+    "student_reparam",
     "methods",
     "objective_class",
     "teacher_trajectories",

@@ -93,6 +93,7 @@ class ArcFlow(Objective):
 
     name: ClassVar[str] = "arcflow"
     data: ClassVar[str] = "none"  # data-free: rollouts from noise, the teacher queried on them
+    student_prediction: ClassVar[str | None] = None  # its net outputs mixture velocities, not a prediction
     paper: ClassVar[str] = (
         "Yang et al. 2026, ArcFlow: 2-step text-to-image generation via non-linear flow distillation, arXiv:2602.09014"
     )

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..card import Boundary, ModelCard, SamplerRule
+from ..card import Boundary, ModelCard, Reparam, SamplerRule
 from ..denoiser import Denoiser
 from ..parts import STUDENT, Part, check_parts, part_parameters, updates_now
 from ..schedules import Schedule
@@ -71,6 +71,10 @@ class StudentSpec:
     prediction: str | None = None
     boundary: Boundary | None = None  # consistency skip/out parametrisation (card.Boundary)
     guidance_embed: bool = False  # the student takes the CFG scale as an input (guided distillation)
+    # A student of another parametrisation than the teacher's, on the teacher's schedule, converts
+    # its net's output (card.Reparam) so the copied weights keep the teacher's function. False for
+    # nets whose output is not a parametrisation of the teacher's prediction (BOOT's signal).
+    keep_function: bool = True
 
 
 class Objective:
@@ -86,10 +90,12 @@ class Objective:
     # (parameters swapped by functional_call) and early exits by exception break that; an objective
     # that does none of them, checked at world size 2 (tests), says so here.
     fsdp_ready: ClassVar[bool] = False
-    # The student's output parametrisation when the teacher predicts eps (None: the teacher's). A
-    # one-step generator needs "v": at t_max the eps form's x0 = (x - sigma eps) / alpha divides by
-    # alpha(t_max) ~ 0.006 (VP), amplifying every error in eps (docs/benchmarks/distill_distribution_probes.md).
-    student_prediction: ClassVar[str | None] = None
+    # The student's output parametrisation when the teacher predicts eps (None: the teacher's).
+    # Every student starts at t_max, where the eps form's x0 = (x - sigma eps) / alpha divides by
+    # alpha(t_max) ~ 0.006 (VP) and amplifies every error in eps (Salimans & Ho 2022, Sec. 4;
+    # docs/benchmarks/distill_distribution_probes.md): students are v, converted from the
+    # teacher's eps net with the floor DistillConfig.alpha_floor (card.Reparam).
+    student_prediction: ClassVar[str | None] = "v"
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
         return StudentSpec()
@@ -105,6 +111,12 @@ class Objective:
         Called once, after :meth:`setup`, so it can name what setup attached; e.g. DMD2's
         ``(Part("student"), Part("critic", updates_per_student_update=5))``."""
         return (Part(STUDENT),)
+
+    def trained_guidance(self) -> tuple[float, float, float] | None:
+        """(w_min, w_max, default w) for a student that takes the CFG scale as an input (guided
+        distillation): the card records the range and the student samples at the default unless
+        told otherwise. None for students without a guidance input."""
+        return None
 
     def sampler(self, teacher: Denoiser, student_steps: int) -> SamplerRule:
         """The student's sampling rule: consistency sampling on a uniform grid by default."""
@@ -143,14 +155,31 @@ def copy_net(teacher_net: nn.Module, guidance_embed: bool = False) -> nn.Module:
     return net
 
 
-def make_student(teacher: Denoiser, spec: StudentSpec, student_steps: int, sampler: SamplerRule) -> Denoiser:
+def student_reparam(teacher: Denoiser, spec: StudentSpec, alpha_floor: float = 0.0) -> Reparam | None:
+    """How the student's net output becomes its prediction: the teacher's own conversion when the
+    parametrisation stays, else a conversion from what the copied net predicts (card.Reparam)."""
+    prediction = spec.prediction or teacher.prediction
+    if not spec.keep_function or spec.schedule is not None:
+        return None
+    if prediction == teacher.prediction:
+        return teacher.reparam
+    source = teacher.reparam.net_prediction if teacher.reparam else teacher.prediction
+    floor = max(alpha_floor, teacher.reparam.alpha_floor if teacher.reparam else 0.0)
+    return None if source == prediction and floor == 0 else Reparam(source, floor)
+
+
+def make_student(
+    teacher: Denoiser, spec: StudentSpec, student_steps: int, sampler: SamplerRule, alpha_floor: float = 0.0
+) -> Denoiser:
     """The untrained student: the spec's net (default a copy of the teacher's), its card saying
-    how many steps it is trained for and how it samples."""
+    how many steps it is trained for and how it samples. A student of another parametrisation
+    converts the copied net's output (:func:`student_reparam`, floored at ``alpha_floor``)."""
     net = spec.net if spec.net is not None else copy_net(teacher.net, spec.guidance_embed)
     return Denoiser(
         net,
         spec.schedule or teacher.schedule,
         spec.prediction or teacher.prediction,
+        reparam=student_reparam(teacher, spec, alpha_floor),
         sample_shape=teacher.sample_shape,
         num_classes=teacher.num_classes,
         guidance=1.0,
@@ -158,6 +187,29 @@ def make_student(teacher: Denoiser, spec: StudentSpec, student_steps: int, sampl
         boundary=spec.boundary,
         card=ModelCard(student_steps=student_steps, sampler=sampler),
     )
+
+
+def student_for(
+    teacher: Denoiser,
+    objective: Objective,
+    student_steps: int,
+    *,
+    prediction: str | None = None,
+    alpha_floor: float = 0.05,
+    net: nn.Module | None = None,
+) -> Denoiser:
+    """The untrained student an objective distils: its spec, with the parametrisation chosen as
+    ``prediction`` (a caller's), else the spec's, else the objective's default for eps teachers
+    (``Objective.student_prediction``: v); a caller's ``net`` is taken as it is (no conversion)."""
+    from dataclasses import replace
+
+    spec = objective.student_spec(teacher)
+    if net is not None:
+        spec = replace(spec, net=net, keep_function=False)  # a net of the caller's: its output is what it says
+    chosen = prediction or spec.prediction or (objective.student_prediction if teacher.prediction == "eps" else None)
+    if chosen is not None:
+        spec = replace(spec, prediction=chosen)
+    return make_student(teacher, spec, student_steps, objective.sampler(teacher, student_steps), alpha_floor)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -67,7 +67,7 @@ class BOOT(Objective):
             raise ValueError("boundary_weight must be >= 0")
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
-        return StudentSpec(prediction="x0")  # the net outputs the signal y_t itself
+        return StudentSpec(prediction="x0", keep_function=False)  # the net outputs the signal y_t itself
 
     def sampler(self, teacher: Denoiser, steps: int) -> SamplerRule:
         """One evaluation g(eps, t_min) from noise at t_max (``sample_boot``), whatever K: the student

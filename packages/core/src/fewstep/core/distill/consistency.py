@@ -450,7 +450,7 @@ class HyperSD(Objective):
     grid: str = "uniform"
     target_ema: float = 0.95
     distance: str = "pseudo_huber"
-    dmd_weight: float = 0.25  # weight of the DMD term in the one-step stage (per sqrt(dim))
+    dmd_weight: float = 4.0  # weight of the DMD term (critic.dmd_loss) in the one-step stage
 
     def __post_init__(self):
         _check(self.distance, self.target_ema)
@@ -492,7 +492,7 @@ class HyperSD(Objective):
         if segs == 1:
             x_gen = module.student(z, t_max, cond)
             direction = dmd_direction(module.teacher, module.critic, x_gen, cond, generator, module.teacher_guidance)
-            loss = loss + self.dmd_weight * dmd_loss(x_gen, direction) / x0[0].numel() ** 0.5
+            loss = loss + self.dmd_weight * dmd_loss(x_gen, direction)
         else:
             with torch.no_grad():
                 x_gen = module.student(z, t_max, cond)

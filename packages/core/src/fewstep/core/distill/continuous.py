@@ -301,7 +301,8 @@ class RCM(SCM):
     warmup the DMD loss (DMD Eq. 7-8, ``critic.dmd_direction`` at times from p_D = LogNormal(0, 1.6))
     is added with weight ``dmd_weight``; the fake score (a teacher copy, ``module.critic``) is trained
     by denoising on the same samples, detached, in the same step.
-    ``dmd_weight`` = 0.02 keeps rCM's ratio loss_scale_dmd / loss_scale = 1/100 (``dmd_loss`` has a 1/2).
+    ``dmd_weight`` = 0.02 keeps rCM's ratio loss_scale_dmd / loss_scale = 1/100 (``dmd_loss`` has a 1/2);
+    rCM sums its squares over dimensions, so the DMD term here is D * ``dmd_loss`` like the sCM term.
     """
 
     name: ClassVar[str] = "rcm"
@@ -362,7 +363,7 @@ class RCM(SCM):
         if active:
             t, _ = lognormal_times(module.teacher.schedule, n, self.dmd_p_mean, self.dmd_p_std, generator, x.device)
             direction = dmd_direction(module.teacher, module.critic, x, cond, generator, module.teacher_guidance, t)
-            dmd = self.dmd_weight * dmd_loss(x, direction)
+            dmd = self.dmd_weight * x[0].numel() * dmd_loss(x, direction)  # rCM sums both terms over dimensions
         else:
             dmd = torch.zeros_like(scm)
         return {"scm": scm, "dmd": dmd, "critic": fake_score_loss(module.critic, x.detach(), cond, generator)}

@@ -100,14 +100,22 @@ def dmd_direction(
     x0_fake = fake(x_t, t, cond)
     fake.train(was)
     x0_real = real(x_t, t, cond, guidance)
-    weight = (x - x0_real).abs().flatten(1).mean(1).clamp(min=1e-4)
-    return (x0_fake - x0_real) / weight.view(-1, *([1] * (x.ndim - 1)))
+    return (x0_fake - x0_real) / dmd_normaliser(x, x0_real)
+
+
+def dmd_normaliser(x: Tensor, x0_real: Tensor) -> Tensor:
+    """DMD's per-sample weight mean|x - x0_real| (Yin et al. 2024, Eq. 8; the CS / sigma^2-alpha
+    factors cancel in x0 form), floored at 1e-4 and broadcast to x: every objective divides by this."""
+    return (x - x0_real).abs().flatten(1).mean(1).clamp(min=1e-4).view(-1, *([1] * (x.ndim - 1)))
 
 
 def dmd_loss(x: Tensor, direction: Tensor) -> Tensor:
-    """0.5 ||x - sg(x - direction)||^2 per sample: its gradient w.r.t. x is ``direction`` (B,)."""
+    """The one reduction of a DMD-style update, 0.5 mean_d (x - sg(x - direction))^2 per sample
+    (B,), as DMD2's reference code reduces it: its gradient w.r.t. x is ``direction / D``. Every
+    objective adds it unscaled but for its own weight, so weights mean the same in every objective
+    and do not change with the sample size D."""
     target = (x - direction).detach()
-    return 0.5 * (x.float() - target.float()).pow(2).flatten(1).sum(1)
+    return 0.5 * (x.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 # -- DMD2's GAN head on the fake score ------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..denoiser import Denoiser
 from ..parts import STUDENT, Part
 from ..updates import noise_to
 from .base import Batch, DistillModule, Objective, randn
-from .critic import dmd_loss, fake_score_loss, make_fake_score, sample_times
+from .critic import dmd_loss, dmd_normaliser, fake_score_loss, make_fake_score, sample_times
 from .gan import Discriminator, gan_losses
 from .rewards import module_reward, reward_values
 from .rollout import student_samples, student_times
@@ -76,10 +76,10 @@ def backward_simulate(
 
 # -- the two directions ----------------------------------------------------------------------------
 def _weight(x: Tensor, x0_real: Tensor, normalize: bool) -> Tensor:
-    """DMD's per-sample normaliser mean|x - x0_real| (Yin et al. 2024, Eq. 8), broadcast to x."""
+    """DMD's per-sample normaliser (``critic.dmd_normaliser``), or 1 with ``normalize`` off."""
     if not normalize:
         return torch.ones(x.shape[0], *([1] * (x.ndim - 1)), device=x.device, dtype=x.dtype)
-    return (x - x0_real).abs().flatten(1).mean(1).clamp(min=1e-4).view(-1, *([1] * (x.ndim - 1)))
+    return dmd_normaliser(x, x0_real)
 
 
 @torch.no_grad()
@@ -147,7 +147,6 @@ class DecoupledDMD(Objective):
     """
 
     name: ClassVar[str] = "decoupled-dmd"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "none"
     paper: ClassVar[str] = (
         "Liu et al. 2025, Decoupled DMD: CFG Augmentation as the Spear, Distribution Matching as the Shield"
@@ -257,7 +256,6 @@ class FlashDMD(Objective):
     """
 
     name: ClassVar[str] = "flash-dmd"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "real"
     paper: ClassVar[str] = (
         "Chen et al. 2025, Flash-DMD: Towards High-Fidelity Few-Step Image Generation with Efficient Distillation and Joint Reinforcement Learning"
@@ -267,7 +265,7 @@ class FlashDMD(Objective):
     dm_weight: float = 1.0
     dm_shift: float = 0.5
     split_t: float = 0.1  # DM above, GAN below this fraction of [t_min, t_max]
-    gan_weight: float = 0.02
+    gan_weight: float = 0.01  # vs the DM term as critic.dmd_loss reduces it (mean over dimensions)
     reward_weight: float = 0.0
     normalize: bool = True
     disc_width: int = 64

@@ -66,7 +66,6 @@ class DisBack(Objective):
     """
 
     name: ClassVar[str] = "disback"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "none"
     paper: ClassVar[str] = (
         "Zhang et al. 2024, Distribution Backtracking Builds A Faster Convergence Trajectory for Diffusion "

@@ -57,11 +57,11 @@ def fake_score(module: DistillModule) -> Denoiser:
 def dm_term(
     module: DistillModule, x: Tensor, cond: Tensor | None, generator: torch.Generator, t_lo: float, t_hi: float
 ) -> Tensor:
-    """DMD's distribution-matching loss (Eq. 7-8) per sample, a mean over dimensions as in DMD2's code
-    (0.5 mse(x, sg(x - grad))): its gradient w.r.t. x is the normalised direction / D."""
+    """DMD's distribution-matching loss (Eq. 7-8) per sample (``critic.dmd_loss``: its gradient
+    w.r.t. x is the normalised direction / D)."""
     t = sample_times(module.teacher.schedule, x.shape[0], generator, t_lo, t_hi, x.device)
     direction = dmd_direction(module.teacher, fake_score(module), x, cond, generator, module.teacher_guidance, t)
-    return dmd_loss(x, direction) / x[0].numel()
+    return dmd_loss(x, direction)
 
 
 # -- DMD ------------------------------------------------------------------------------------------
@@ -78,7 +78,6 @@ class DMD(Objective):
     """
 
     name: ClassVar[str] = "dmd"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "trajectory"
     paper: ClassVar[str] = "Yin et al. 2024, One-step Diffusion with Distribution Matching Distillation"
 
@@ -147,7 +146,6 @@ class DMD2(Objective):
     """
 
     name: ClassVar[str] = "dmd2"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "real"
     paper: ClassVar[str] = "Yin et al. 2024b, Improved Distribution Matching Distillation for Fast Image Synthesis"
 

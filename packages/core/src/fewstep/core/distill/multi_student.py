@@ -79,7 +79,6 @@ class MSD(Objective):
     """
 
     name: ClassVar[str] = "msd"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "none"
     paper: ClassVar[str] = (
         "Song et al. 2024, Multi-student Diffusion Distillation for Better One-step Generators, arXiv:2410.23274"

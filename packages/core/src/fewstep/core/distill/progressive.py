@@ -79,11 +79,9 @@ class ProgressiveDistillation(Objective):
 
     ``prediction``: the student's parametrisation. Sec. 4: an eps-prediction model cannot make a
     one-step x0 prediction at t_max, where x0 = (z - sigma eps) / alpha and alpha -> 0, so the
-    paper switches to v. "auto" (default) does that only where it is needed, for a one-step
-    student of an eps teacher, and otherwise keeps the teacher's (the copied weights keep their
-    meaning, while re-read as v they start far from the teacher's function and need many
-    iterations to recover; a one-step eps student is instead capped by the 1/alpha_T
-    amplification). None keeps the teacher's always; a name forces one.
+    paper switches to v. "auto" (default) is every objective's rule (Objective.student_prediction:
+    v for an eps teacher, its net's output converted so the copied weights keep the teacher's
+    function; card.Reparam); a name forces one.
     """
 
     name: ClassVar[str] = "pd"
@@ -91,7 +89,7 @@ class ProgressiveDistillation(Objective):
     paper: ClassVar[str] = "Salimans & Ho 2022, Progressive distillation for fast sampling of diffusion models (ICLR)"
 
     start_steps: int = 16  # DDIM steps of the first round's teacher (the real teacher)
-    prediction: str | None = "auto"  # the student's parametrisation ("auto": v for K = 1 of eps teachers)
+    prediction: str | None = "auto"  # the student's parametrisation ("auto": the objective default, v for eps teachers)
 
     def __post_init__(self):
         if self.start_steps < 2:
@@ -104,8 +102,6 @@ class ProgressiveDistillation(Objective):
         return StudentSpec(prediction=None if self.prediction == "auto" else self.prediction)
 
     def setup(self, module: DistillModule) -> None:
-        if self.prediction == "auto" and module.student.card.student_steps == 1 and module.teacher.prediction == "eps":
-            module.student.prediction = "v"  # K is known only here (Sec. 4; see the class doc)
         module.add_target()  # the round teacher; its weights are replaced when a round begins
         module.register_buffer("pd_round", torch.zeros((), dtype=torch.long))
 
@@ -187,17 +183,24 @@ class GuidedProgressiveDistillation(ProgressiveDistillation):
 
     w_min: float = 1.0
     w_max: float = 4.0
+    w_sample: float | None = None  # the scale the student samples at unless told (None: the range's middle)
     stage1_share: float = 0.3
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.w_min <= self.w_max:
             raise ValueError(f"need 0 <= w_min <= w_max, got [{self.w_min}, {self.w_max}]")
+        if self.w_sample is not None and not self.w_min <= self.w_sample <= self.w_max:
+            raise ValueError(f"w_sample={self.w_sample} must lie in the trained range [{self.w_min}, {self.w_max}]")
         if not 0 < self.stage1_share <= 1:
             raise ValueError(f"stage1_share={self.stage1_share} must be in (0, 1]")
 
     def student_spec(self, teacher: Denoiser) -> StudentSpec:
         return StudentSpec(prediction=None if self.prediction == "auto" else self.prediction, guidance_embed=True)
+
+    def trained_guidance(self) -> tuple[float, float, float]:
+        w = (self.w_min + self.w_max) / 2 if self.w_sample is None else self.w_sample
+        return (self.w_min, self.w_max, w)
 
     def _stage(self, module: DistillModule) -> tuple[int, int]:
         start = round(self.stage1_share * module.total_iterations)

@@ -12,7 +12,7 @@ import contextlib
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from ..denoiser import Denoiser
 from ..locks import writing
 from ..prune.cost import SavedTensorBytes
 from ..train import TrainConfig, init_distributed, train
-from .base import DATA_KINDS, DistillModule, Objective, make_student
+from .base import DATA_KINDS, DistillModule, Objective, student_for
 from .trajectories import TrajectoryConfig, cached_trajectories
 
 
@@ -39,8 +39,11 @@ class DistillConfig:
     # The student's output parametrisation when it should differ from the teacher's (None: the
     # objective's default, Objective.student_prediction): "v" or "x0" keep a one-step generator
     # well conditioned at t_max, where an eps-prediction's x0 = (x - sigma eps) / alpha divides by
-    # alpha(t_max) ~ 0.006 (VP).
+    # alpha(t_max) ~ 0.006 (VP). The copied net keeps the teacher's function through card.Reparam,
+    # whose eps -> x0 inversion divides by max(alpha, alpha_floor): exact where alpha >= the floor
+    # (t < 0.77 on the VP-linear schedule), a gain of at most 1 / alpha_floor above it.
     student_prediction: str | None = None
+    alpha_floor: float = 0.05
 
     def __post_init__(self):
         if self.student_steps < 1:
@@ -49,6 +52,8 @@ class DistillConfig:
             raise ValueError("teacher_guidance must be >= 0")
         if self.student_prediction not in (None, "eps", "x0", "v", "flow"):
             raise ValueError(f"student_prediction={self.student_prediction!r}: use eps, x0, v or flow (or None: the objective's)")
+        if not 0 <= self.alpha_floor < 1:
+            raise ValueError(f"alpha_floor={self.alpha_floor} must be in [0, 1) (0: the exact conversion)")
 
 
 @dataclass
@@ -132,13 +137,8 @@ def distill(
 def _distill(teacher, objective, cfg, out, data, work: Path, card, progress, student_net, reward, resume) -> DistillResult:
     rank, _, device = init_distributed()
     teacher = teacher.to(device)
-    spec = objective.student_spec(teacher)
-    if student_net is not None:
-        spec = replace(spec, net=student_net)
-    prediction = cfg.student_prediction or (objective.student_prediction if teacher.prediction == "eps" else None)
-    if prediction is not None:
-        spec = replace(spec, prediction=prediction)
-    student = make_student(teacher, spec, cfg.student_steps, objective.sampler(teacher, cfg.student_steps))
+    student = student_for(teacher, objective, cfg.student_steps, prediction=cfg.student_prediction,
+                          alpha_floor=cfg.alpha_floor, net=student_net)
     module = DistillModule(teacher, student, objective, cfg.train.iterations, cfg.teacher_guidance).to(device)
     if reward is not None:
         if not callable(reward):
@@ -166,12 +166,16 @@ def _distill(teacher, objective, cfg, out, data, work: Path, card, progress, stu
     net_state = {k[len("student.net."):]: v for k, v in state.items() if k.startswith("student.net.")}
     student.net.load_state_dict(net_state)
     teacher_facts = teacher.card.provenance
+    trained_w = objective.trained_guidance()
+    if trained_w is not None:  # a guidance-input student samples at the scale it was trained for
+        student.guidance = float(trained_w[2])
     student.card = student.card.with_provenance(**{
         **{k: v for k, v in teacher_facts.items() if k not in ("final_loss", "train_config", "note")},
         "teacher": teacher_facts.get("name", teacher_facts.get("dataset")),
         "distilled_by": objective.name,
         "objective": objective.describe(),
         "student_steps": cfg.student_steps,
+        **({"guidance_range": [float(trained_w[0]), float(trained_w[1])]} if trained_w is not None else {}),
         "iterations": result.iteration,
         "train_seconds": round(seconds, 1),
         "batch_size": cfg.train.batch_size,

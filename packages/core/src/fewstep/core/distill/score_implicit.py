@@ -84,7 +84,6 @@ class VSD(Objective):
     """
 
     name: ClassVar[str] = "vsd"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "none"
     paper: ClassVar[str] = (
         "Wang et al. 2023, ProlificDreamer (VSD); Nguyen & Tran 2024, SwiftBrush; "
@@ -219,7 +218,6 @@ class SIM(Objective):
     """
 
     name: ClassVar[str] = "sim"
-    student_prediction: ClassVar[str | None] = "v"  # one-step generator, well conditioned at t_max (base.py)
     data: ClassVar[str] = "none"
     paper: ClassVar[str] = "Luo et al. 2024, One-Step Diffusion Distillation through Score Implicit Matching"
 

@@ -96,6 +96,18 @@ def sampling_grid(schedule, num_steps: int, grid: str | os.PathLike | Tensor = "
 
 
 @torch.no_grad()
+def _check_trained_guidance(denoiser: Denoiser, guidance: float | None) -> None:
+    """A guidance-input student (guided distillation) knows only the scales it was trained on."""
+    card = getattr(denoiser, "card", None)  # wrappers (time-series observation guidance) carry none
+    if card is None or not getattr(denoiser, "guidance_embedded", False):
+        return
+    rng = card.provenance.get("guidance_range")
+    w = denoiser.guidance if guidance is None else guidance
+    if rng is not None and not rng[0] - 1e-9 <= float(w) <= rng[1] + 1e-9:
+        raise ValueError(f"guidance={w}: this student takes the CFG scale as an input and was trained for w in "
+                         f"[{rng[0]:g}, {rng[1]:g}] (its default is {denoiser.guidance:g}); pick a scale in that range")
+
+
 def sample(
     denoiser: Denoiser,
     x_T: Tensor,
@@ -123,6 +135,7 @@ def sample(
         raise TypeError(f"x_T must be a floating-point tensor of standard Gaussian noise, got {type(x_T).__name__}")
     if not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T holds NaN or inf: sampling starts from finite standard Gaussian noise")
+    _check_trained_guidance(denoiser, guidance)
     spec, num_steps, grid, rule_opts = resolve_rule(denoiser, solver, num_steps, grid)
     opts = {**rule_opts, **opts}
     if spec.own_finish:
