@@ -1,6 +1,7 @@
 """The task registry: installed packages' entry points, clear errors for unknown names."""
 
 import pytest
+import torch
 
 from fewstep.core.experiment import ExperimentConfig
 from fewstep.core.tasks import TASKS, Task, get_task
@@ -44,8 +45,26 @@ def test_image_intervals_reuse_the_package_dfd():
     assert m["dfd"].value == pytest.approx(q.dfd, rel=1e-6)
     assert m["accuracy"].value == pytest.approx(q.accuracy)
     assert m["precision"].value == pytest.approx(q.precision) and m["recall"].value == pytest.approx(q.recall)
-    assert all(v.low <= v.value <= v.high and v.n == 60 for v in m.values())
+    assert all(v.low <= v.value <= v.high and v.n == (len(x) if k in ("recall", "coverage") else 60) for k, v in m.items())
+    assert {"kid", "density", "coverage", "class_fd"} <= set(m)
     assert len(x) == len(y) == 270
+
+
+def test_image_reference_rows_are_class_balanced_and_collapse_is_flagged(tmp_path):
+    from fewstep.core.experiment import _collapsed
+
+    task = TASKS["digits"]
+    real, flat = task.reference(60, seed=0), task.collapse(60)
+    assert torch.equal(torch.bincount(real.data[1]), torch.full((10,), 6))
+    assert torch.equal(torch.bincount(flat.data[1]), torch.full((10,), 6))
+    assert len(torch.unique(flat.data[0].flatten(1), dim=0)) == 10  # one image per class
+    m_real, m_flat = task.evaluate(real), task.evaluate(flat)
+    assert m_flat["recall"].value < 0.2 < m_real["recall"].value
+    assert m_flat["dfd"].value > m_real["dfd"].value and m_flat["coverage"].value < m_real["coverage"].value
+    assert _collapsed({"teacher_best": m_real, "collapse": m_flat, "real": m_real}) == {"collapse"}
+    # FD between sample sets, and the paired error of identical pairs
+    assert task.distance(real, real).value == pytest.approx(0.0, abs=1e-6)
+    assert task.paired(real, real).value == 0.0 and task.paired(flat, real).value > 0
 
 
 def test_series_intervals_reuse_gluonts_aggregates():

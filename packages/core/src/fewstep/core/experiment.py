@@ -1,12 +1,16 @@
 """``run_experiment``: one distillation objective on one registered task, written up as one report.
 
 It distils the task's teacher with the objective (``fewstep.core.distill``), samples the student
-with its own rule, the teacher at the student's NFE and the teacher at its default sampler (plus
-the task's real-data floor when it has one), scores every row with ``task.evaluate`` (each figure
-with its 95% bootstrap interval), states the student's verdict against each teacher row (better /
-worse / not distinguishable at 95%), and writes ``out/report.md``, ``out/metrics.json``,
-``out/samples.png`` (the task's picture) and ``out/metrics.png`` (figures with their intervals).
-No method is ever handed the task's evaluation network (no reward is passed to ``distill``).
+with its own rule and the reference rows every table needs so a reader sees the scale: the
+teacher at the student's NFE, at 50 ODE steps and at its best sampler, the task's real-data floor
+(class-balanced, same n) and a collapse row (one real sample per class, repeated). Every row is
+scored with ``task.evaluate`` (each figure with its 95% interval) plus the task's distance to the
+teacher's best samples and, for trajectory methods, the paired error to the teacher's many-step
+ODE solution from the same noise. The student gets a verdict against each teacher row (better /
+worse / not distinguishable at 95%), rows whose recall collapses are flagged, and the run writes
+``out/report.md``, ``out/metrics.json``, ``out/samples.png`` (the task's picture) and
+``out/metrics.png`` (figures with their intervals). No method is ever handed the task's
+evaluation network (no reward is passed to ``distill``).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from tqdm.auto import tqdm
 from .io import write_text_atomic
 from .tasks import LEVEL, Metric, Samples, Task, compare, get_task
 
-ROWS = ("student", "teacher_same_nfe", "teacher_default", "real")
-VERSUS = ("teacher_same_nfe", "teacher_default")  # rows the student gets a verdict against
+ROWS = ("student", "teacher_same_nfe", "teacher_50", "teacher_best", "real", "collapse")
+VERSUS = ("teacher_same_nfe", "teacher_50", "teacher_best")  # rows the student gets a verdict against
+COLLAPSE_RECALL = 0.5  # a row is flagged collapsed when its recall is below this share of the best teacher's
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, log=print) -> 
     teacher = task.teacher()
     objective, res, iterations, batch = _distill(task, teacher, cfg, out)
     teacher.eval()  # the train loop left it in train mode (label dropout would corrupt its samples)
-    bar = tqdm(total=len(ROWS), desc="evaluate", disable=not cfg.progress, leave=False)
+    bar = tqdm(total=len(ROWS) + 1, desc="evaluate", disable=not cfg.progress, leave=False)
     samples: dict[str, Samples] = {}
     metrics: dict[str, dict[str, Metric]] = {}
 
@@ -114,18 +119,37 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, log=print) -> 
     add("student", task.generate(res.student, task.student_rule(cfg.student_steps), n, cfg.seed, cfg.progress))
     nfe = max(1, round(samples["student"].nfe))
     add("teacher_same_nfe", task.generate(teacher, task.rule_at(nfe), n, cfg.seed, cfg.progress))
-    add("teacher_default", task.generate(teacher, task.default_rule(), n, cfg.seed, cfg.progress))
+    add("teacher_50", task.generate(teacher, task.rule_at(50), n, cfg.seed, cfg.progress))
+    add("teacher_best", task.generate(teacher, task.best_rule(), n, cfg.seed, cfg.progress))
     add("real", task.reference(n, cfg.seed))
+    add("collapse", task.collapse(n, cfg.seed))
+    # FD to the teacher's own best samples, and a trajectory student's paired error to the
+    # teacher's many-step ODE solution from the same noise (the same seed draws the same noise).
+    for key, s in samples.items():
+        d = task.distance(s, samples["teacher_best"], cfg.seed) if key != "teacher_best" else None
+        if d is not None:
+            metrics[key]["fd_to_teacher"] = d
+    ref_rule = task.reference_rule()
+    if objective.data == "trajectory" and ref_rule is not None:
+        ref = task.generate(teacher, ref_rule, n, cfg.seed, cfg.progress)
+        for key in ("student", "teacher_same_nfe", "teacher_50"):
+            m = task.paired(samples[key], ref, cfg.seed)
+            if m is not None:
+                metrics[key]["paired_error"] = m
+    bar.update(1)
     bar.close()
 
-    labels = _labels(cfg, nfe)
-    verdicts = {v: {k: compare(m, metrics[v][k]) for k, m in metrics["student"].items()} for v in VERSUS}
+    labels = _labels(cfg, nfe, samples)
+    student_metrics = metrics["student"]
+    verdicts = {v: {k: compare(m, metrics[v][k]) for k, m in student_metrics.items() if k in metrics[v]} for v in VERSUS}
+    collapsed = _collapsed(metrics)
     summary = {
         "task": task.name, "modality": task.modality, "method": cfg.method, "paper": getattr(objective, "paper", ""),
         "student_steps": cfg.student_steps, "iterations": iterations, "batch_size": batch, "n": n, "seed": cfg.seed,
         "level": LEVEL, "primary": task.primary, "train_seconds": round(res.seconds, 1),
         "rows": {k: {"label": labels[k], "rule": s.rule, "nfe": s.nfe, "seconds_per_sample": s.seconds_per_sample,
-                     "n": s.n, "metrics": {m: v.to_dict() for m, v in metrics[k].items()}} for k, s in samples.items()},
+                     "n": s.n, "collapsed": k in collapsed,
+                     "metrics": {m: v.to_dict() for m, v in metrics[k].items()}} for k, s in samples.items()},
         "verdicts": verdicts,
     }
     picture = task.picture({labels[k]: s for k, s in samples.items()}, out / "samples.png")
@@ -138,13 +162,24 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, log=print) -> 
     return ExperimentResult(report, out / "metrics.json", picture, plot, summary)
 
 
-def _labels(cfg: ExperimentConfig, nfe: int) -> dict[str, str]:
+def _labels(cfg: ExperimentConfig, nfe: int, samples: dict[str, Samples]) -> dict[str, str]:
+    best = samples["teacher_best"].rule
     return {
         "student": f"student ({cfg.method}, {cfg.student_steps} step{'s' * (cfg.student_steps > 1)})",
         "teacher_same_nfe": f"teacher at {nfe} NFE",
-        "teacher_default": "teacher, default sampler",
+        "teacher_50": "teacher at 50 ODE steps",
+        "teacher_best": f"teacher at its best ({best})",
         "real": "real data (floor)",
+        "collapse": "collapse (one sample per class)",
     }
+
+
+def _collapsed(metrics: dict[str, dict[str, Metric]]) -> set[str]:
+    """Rows (the collapse reference aside) whose recall is under COLLAPSE_RECALL of the best teacher's."""
+    best = metrics["teacher_best"].get("recall")
+    if best is None:
+        return set()
+    return {k for k, m in metrics.items() if "recall" in m and m["recall"].value < COLLAPSE_RECALL * best.value}
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -154,16 +189,19 @@ def _arrow(m: dict) -> str:
 
 def _report(task: Task, s: dict, picture: str, plot: str) -> str:
     rows = s["rows"]
-    names = list(rows["student"]["metrics"])
-    head = "| row | sampler | NFE | " + " | ".join(f"{m} {_arrow(rows['student']['metrics'][m])}" for m in names) + " | s / sample |"
+    names = list(dict.fromkeys(m for r in rows.values() for m in r["metrics"]))  # every metric, first seen first
+    arrows = {m: _arrow(next(r["metrics"][m] for r in rows.values() if m in r["metrics"])) for m in names}
+    head = "| row | sampler | NFE | " + " | ".join(f"{m} {arrows[m]}" for m in names) + " | s / sample |"
     lines = [head, "|" + "---|" * (len(names) + 4)]
     for r in rows.values():
-        figs = " | ".join(Metric.from_dict(r["metrics"][m]).format() for m in names)
+        figs = " | ".join(Metric.from_dict(r["metrics"][m]).format() if m in r["metrics"] else "–" for m in names)
         nfe = f"{r['nfe']:.0f}" if r["nfe"] else "–"
-        lines.append(f"| {r['label']} | {r['rule']} | {nfe} | {figs} | {r['seconds_per_sample'] * 1e3:.2f} ms |")
-    verdict = ["| metric | " + " | ".join(f"student vs {rows[v]['label']}" for v in VERSUS) + " |", "|---|---|---|"]
-    verdict += [f"| {m} | " + " | ".join(s["verdicts"][v][m] for v in VERSUS) + " |" for m in names]
+        flag = " **(collapsed)**" if r.get("collapsed") else ""
+        lines.append(f"| {r['label']}{flag} | {r['rule']} | {nfe} | {figs} | {r['seconds_per_sample'] * 1e3:.2f} ms |")
+    verdict = ["| metric | " + " | ".join(f"student vs {rows[v]['label']}" for v in VERSUS) + " |", "|---" * (len(VERSUS) + 1) + "|"]
+    verdict += [f"| {m} | " + " | ".join(s["verdicts"][v].get(m, "–") for v in VERSUS) + " |" for m in rows["student"]["metrics"]]
     p, st = s["primary"], rows["student"]["metrics"][s["primary"]]
+    flagged = [r["label"] for k, r in rows.items() if r.get("collapsed") and k != "collapse"]
     return "\n".join([
         f"# {s['method']} on {task.name}: a {s['student_steps']}-step student", "",
         (f"Task **{task.name}** ({task.modality}): {task.description}. Sample shape {tuple(task.sample_shape)}, "
@@ -171,11 +209,16 @@ def _report(task: Task, s: dict, picture: str, plot: str) -> str:
         f"Method **{s['method']}**" + (f" ({s['paper']})" if s["paper"] else "") + f": {s['iterations']} training "
         f"iterations at batch {s['batch_size']}, {s['train_seconds']:.0f} s; seed {s['seed']}.", "",
         (f"Each row is scored on n = {s['n']} samples; every figure is shown with its {s['level']:.0%} interval "
-         "(standard-error bootstrap over the samples). NFE is network evaluations per sample."), "",
+         "(standard-error bootstrap over the samples; KID: its U-statistic standard error). NFE is network "
+         "evaluations per sample. Reference rows: the teacher at the student's NFE, at 50 ODE steps and at its "
+         "best sampler, real data (the floor) and a collapse row (what recall near 0 looks like). "
+         f"fd_to_teacher is the FD to the teacher's best samples. A row is flagged collapsed when its recall is "
+         f"below {COLLAPSE_RECALL:.0%} of the best teacher's."), "",
         *lines, "",
         f"Headline: the student's {p} is {Metric.from_dict(st).format()}: "
         + "; ".join(f"{s['verdicts'][v][p]} than {rows[v]['label']}".replace("not distinguishable than", "not distinguishable from")
-                    for v in VERSUS) + f" (at {s['level']:.0%}).", "",
+                    for v in VERSUS) + f" (at {s['level']:.0%})."
+        + (f" Collapsed: {', '.join(flagged)}." if flagged else ""), "",
         f"Verdicts at {s['level']:.0%} (two-sided z-test on the difference of the bootstrap estimates):", "",
         *verdict, "",
         f"![samples]({picture})", "",
@@ -194,9 +237,13 @@ def _plot(s: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = s["rows"]
-    names = list(rows["student"]["metrics"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], names):
+    names = list(dict.fromkeys(m for r in rows.values() for m in r["metrics"]))
+    cols = min(4, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, names):
         keys = [k for k in rows if m in rows[k]["metrics"]]
         v = [rows[k]["metrics"][m] for k in keys]
         y = [d["value"] for d in v]

@@ -322,3 +322,43 @@ def feature_quality(real: ArrayLike, fake: ArrayLike, *, k_pr: int = 3, k_dc: in
     out["density"] = bootstrap_mean(density, higher_is_better=True, bounds=(0.0, math.inf), resamples=resamples, seed=seed)
     out["coverage"] = bootstrap_mean(coverage, **unit)
     return out
+
+
+def class_fd(real: ArrayLike, real_labels, fake: ArrayLike, fake_labels, *, resamples: int = 100, seed: int = 0):
+    """Per-class Fréchet distance: the mean over classes of FD(real of class c, fake of class c), a
+    ``Metric`` whose interval comes from a bootstrap stratified by class (both sets resampled within
+    each class). Unlike the pooled FD it does not forgive a model that draws the right images for
+    the wrong label. Every class needs at least 2 samples on each side."""
+    from .intervals import _from_resamples
+
+    real, fake = _as_pair(real, fake, ("real", "fake"))
+    ry, fy = np.asarray(real_labels).reshape(-1), np.asarray(fake_labels).reshape(-1)
+    if len(ry) != len(real) or len(fy) != len(fake):
+        raise ValueError(f"need one label per row: {len(ry)} labels for {len(real)} real, {len(fy)} for {len(fake)} fake")
+    classes = np.unique(fy)
+    groups = []
+    for c in classes:
+        ir, jf = np.flatnonzero(ry == c), np.flatnonzero(fy == c)
+        if len(ir) < 2 or len(jf) < 2:
+            raise ValueError(f"class {c}: {len(ir)} real and {len(jf)} generated rows; per-class FD needs >= 2 of each")
+        groups.append((ir, jf))
+
+    def value(pick) -> float:
+        return float(np.mean([frechet_distance_from_stats(*gaussian_stats(real[pick(ir)]), *gaussian_stats(fake[pick(jf)]))
+                              for ir, jf in groups]))
+
+    rng = np.random.default_rng(seed)
+    point = value(lambda idx: idx)
+    reps = np.array([value(lambda idx: idx[rng.integers(0, len(idx), len(idx))]) for _ in range(resamples)])
+    return _from_resamples(point, reps, len(fake), bounds=(0.0, math.inf))
+
+
+def paired_error(a: ArrayLike, b: ArrayLike, *, resamples: int = 1000, seed: int = 0):
+    """Mean squared distance per dimension between paired rows (a student's sample and the
+    reference solution from the same noise), a ``Metric`` bootstrapped over the pairs."""
+    from .intervals import bootstrap_mean
+
+    a, b = _as_pair(a, b, ("a", "b"), min_n=2)
+    if a.shape != b.shape:
+        raise ValueError(f"paired rows need the same shape, got {a.shape} and {b.shape}")
+    return bootstrap_mean(((a - b) ** 2).mean(1), bounds=(0.0, math.inf), resamples=resamples, seed=seed)

@@ -94,6 +94,12 @@ def _test_features(dataset_name: str) -> torch.Tensor:
     return features_and_predictions(dataset_name, x)[0]
 
 
+@cache
+def _test_labels(dataset_name: str) -> torch.Tensor:
+    """Labels (N_test,) of the real test split, row for row with ``_test_features``."""
+    return load_dataset(dataset_name, "test")[1]
+
+
 def _check_labels(dataset_name: str, labels, n: int) -> torch.Tensor:
     k = dataset_info(dataset_name).num_classes
     y = torch.as_tensor(labels)

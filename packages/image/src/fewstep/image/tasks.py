@@ -1,10 +1,13 @@
-"""Image tasks for cross-modality experiments (``fewstep.tasks`` entry points): ``digits``, ``shapes``.
+"""Image tasks for cross-modality experiments (``fewstep.tasks`` entry points): ``digits``, ``shapes``, ``photos``.
 
 Each is a shipped class-conditional teacher on its offline dataset, sampled class-balanced and
-scored with this package's own evaluation: dFD (Fréchet distance, Heusel et al. 2017, on the shipped
-classifier's features), class accuracy and improved precision/recall (Kynkäänniemi et al. 2019),
-each with a 95% interval bootstrapped over the samples. The shipped classifier is the evaluation
-network only: the experiment never hands it to a method as a reward or discriminator.
+scored with this package's own evaluation against the real test split: dFD (Fréchet distance,
+Heusel et al. 2017, on the shipped classifier's features) and KID (Bińkowski et al. 2018), improved
+precision/recall (Kynkäänniemi et al. 2019), density/coverage (Naeem et al. 2020), class accuracy and
+the per-class FD, each with its 95% interval; plus FD to the teacher's own best samples and, for
+trajectory students, the paired error to the teacher's 250-step solution from the same noise. The
+shipped classifier is the evaluation network only: the experiment never hands it to a method as a
+reward or discriminator (methods that need one get the reward classifier).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewstep.core.tasks import Budget, Metric, Rule, Samples, Task, bootstrap, bootstrap_mean
+from fewstep.core.tasks import Budget, Metric, Rule, Samples, Task, bootstrap_mean
 
 from .data import DATASETS, load_dataset
 from .distill import BUDGET, TRAJECTORIES
@@ -25,9 +28,21 @@ DFD_RESAMPLES = 200
 K_NN = 3  # precision/recall's k (the paper's and fewstep.image.quality's)
 
 
-def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row (as fewstep.core.metrics.precision_recall)."""
-    return torch.cdist(x, x).topk(k + 1, dim=1, largest=False).values[:, -1]  # (N,)
+def _balanced(y: torch.Tensor, n: int, k: int, seed: int) -> torch.Tensor:
+    """Indices of ``n`` rows whose labels run 0, 1, ..., k-1, 0, ... (as the samples' labels), each
+    class's rows drawn at random without replacement."""
+    g = torch.Generator().manual_seed(seed)
+    pools = [torch.nonzero(y == c).flatten() for c in range(k)]
+    pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
+    want = torch.arange(n) % k
+    taken = [0] * k
+    out = []
+    for c in want.tolist():
+        if taken[c] >= len(pools[c]):
+            raise ValueError(f"class {c} has only {len(pools[c])} train images; lower n")
+        out.append(pools[c][taken[c]])
+        taken[c] += 1
+    return torch.stack(out)
 
 
 def _by_class(x: torch.Tensor, y: torch.Tensor, k: int, per: int = 2) -> torch.Tensor:
@@ -82,46 +97,75 @@ class ImageTask(Task):
         solver = spec.name
         return Samples((x, y), n, nfe, seconds, f"{solver}, {steps} step{'s' * (steps != 1)}")
 
+    def best_rule(self) -> Rule:
+        """DDPM ancestral sampling at 250 steps: the shipped teachers' best figures (docs/benchmarks/teachers.md)."""
+        return Rule("ddpm", 250)
+
+    def reference_rule(self) -> Rule:
+        """The 250-step deterministic solution from the same noise (a trajectory student's target)."""
+        return Rule("dpmpp_2m", 250)
+
     def reference(self, n: int, seed: int = 0) -> Samples:
-        """``n`` random train images with their labels: the real-vs-real floor (as quality.real_data_baseline)."""
+        """``n`` random train images, class-balanced like the samples: the real-vs-real floor."""
         x, y = load_dataset(self.dataset, "train")
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-        return Samples((x[idx], y[idx]), len(idx), 0.0, 0.0, "real train images")
+        idx = _balanced(y, n, self.num_classes, seed)
+        return Samples((x[idx], y[idx]), len(idx), 0.0, 0.0, "real train images (class-balanced)")
 
-    def evaluate(self, samples: Samples, seed: int = 0) -> dict[str, Metric]:
-        """dFD, accuracy, precision and recall, bootstrapped over the samples (the real test split fixed)."""
-        from threadpoolctl import threadpool_limits
+    def collapse(self, n: int, seed: int = 0) -> Samples:
+        """One real train image per class, repeated to ``n`` (class-balanced labels)."""
+        x, y = load_dataset(self.dataset, "train")
+        labels = torch.arange(n) % self.num_classes
+        first = torch.stack([torch.nonzero(y == c)[0, 0] for c in range(self.num_classes)])
+        return Samples((x[first[labels]], labels), n, 0.0, 0.0, "one real image per class, repeated")
 
-        from fewstep.core.metrics import frechet_distance_from_stats, gaussian_stats
-
-        from .quality import _test_features, check_samples, features_and_predictions
+    def _features(self, samples: Samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from .quality import check_samples, features_and_predictions
 
         x, y = samples.data
         feats, preds = features_and_predictions(self.dataset, check_samples(self.dataset, x))  # (N, D), (N,)
-        f = feats.double()
+        return feats.double(), preds, torch.as_tensor(y)
+
+    def evaluate(self, samples: Samples, seed: int = 0) -> dict[str, Metric]:
+        """Against the real test split, in the evaluation classifier's features: dFD and KID,
+        precision/recall (k=3), density/coverage (k=5) (``fewstep.core.metrics.feature_quality``),
+        class accuracy, and the per-class FD when every class has >= 2 samples."""
+        from threadpoolctl import threadpool_limits
+
+        from fewstep.core.metrics import class_fd, feature_quality
+
+        from .quality import _test_features, _test_labels
+
+        f, preds, y = self._features(samples)
+        if len(f) <= 5:
+            raise ValueError(f"{len(f)} samples: density/coverage need more than k=5")
         ref = _test_features(self.dataset).double()  # (N_test, D), cached per process
-        n = len(f)
-        if n <= K_NN:
-            raise ValueError(f"{n} samples: precision/recall need more than k={K_NN}")
-        mu_r, cov_r = gaussian_stats(ref)
-        f_np = f.numpy()
-        # Precision: is each sample inside the real k-NN manifold? Recall: which real images fall
-        # inside each sample's k-NN ball (radii from the full sample: resampled duplicates would
-        # shrink them to 0, so the balls stay those of the sample and only the set is resampled).
-        in_real = (torch.cdist(f, ref) <= _knn_radii(ref, K_NN)[None, :]).any(1).numpy()  # (N,)
-        covered = (torch.cdist(ref, f) <= _knn_radii(f, K_NN)[None, :]).numpy()  # (N_test, N)
-        hits = (preds == torch.as_tensor(y)).numpy()
         # One BLAS thread: the small (D, D) eigh calls crawl on a busy CPU otherwise (see quality.py).
         with threadpool_limits(limits=1, user_api="blas"):
-            dfd = bootstrap(lambda idx: frechet_distance_from_stats(mu_r, cov_r, *gaussian_stats(f_np[idx])), n,
-                            resamples=DFD_RESAMPLES, seed=seed, bounds=(0.0, np.inf))
-        unit = {"higher_is_better": True, "bounds": (0.0, 1.0), "seed": seed}
-        return {
-            "dfd": dfd,
-            "accuracy": bootstrap_mean(hits, **unit),
-            "precision": bootstrap_mean(in_real, **unit),
-            "recall": bootstrap(lambda idx: covered[:, idx].any(1).mean(), n, **unit),
-        }
+            q = feature_quality(ref, f, k_pr=K_NN, resamples=DFD_RESAMPLES, seed=seed)
+            out = {"dfd": q.pop("fd"), **q}
+            out["accuracy"] = bootstrap_mean((preds == y).numpy(), higher_is_better=True, bounds=(0.0, 1.0), seed=seed)
+            if torch.bincount(y, minlength=self.num_classes).min() >= 2:
+                out["class_fd"] = class_fd(ref, _test_labels(self.dataset), f, y, seed=seed)
+        return out
+
+    def distance(self, samples: Samples, to: Samples, seed: int = 0) -> Metric:
+        """FD between two sample sets in the evaluation classifier's features, both bootstrapped."""
+        from threadpoolctl import threadpool_limits
+
+        from fewstep.core.intervals import bootstrap_two
+        from fewstep.core.metrics import frechet_distance_from_stats, gaussian_stats
+
+        a, b = self._features(samples)[0].numpy(), self._features(to)[0].numpy()
+        with threadpool_limits(limits=1, user_api="blas"):
+            return bootstrap_two(lambda i, j: frechet_distance_from_stats(*gaussian_stats(a[i]), *gaussian_stats(b[j])),
+                                 len(a), len(b), resamples=DFD_RESAMPLES, seed=seed, bounds=(0.0, np.inf))
+
+    def paired(self, samples: Samples, to: Samples, seed: int = 0) -> Metric:
+        """Per-pixel MSE between samples and the reference drawn from the same noise (same n, seed)."""
+        from fewstep.core.metrics import paired_error
+
+        (a, _), (b, _) = samples.data, to.data
+        return paired_error(a.flatten(1), b.flatten(1), seed=seed)
 
     def picture(self, rows: Mapping[str, Samples], path: Path) -> Path:
         """One PNG grid: two rows of one sample per class for each entry of ``rows``, top to bottom."""
@@ -136,5 +180,7 @@ class ImageTask(Task):
 
 DIGITS = ImageTask("digits", "digits-teacher", "sklearn's handwritten digits, 16x16 grey, dFD on the shipped classifier")
 SHAPES = ImageTask("shapes", "shapes-teacher", "synthetic coloured shapes, 32x32 RGB, dFD on the shipped classifier")
+PHOTOS = ImageTask("photos", "photos-teacher", "32x32 crops of scikit-image's bundled photographs (14 classes, one per photo), "
+                   "dFD on the shipped classifier")
 
-__all__ = ["DIGITS", "SHAPES", "ImageTask"]
+__all__ = ["DIGITS", "PHOTOS", "SHAPES", "ImageTask"]

@@ -136,6 +136,15 @@ class Task(ABC):
         """A training-free sampler for the teacher that spends ``nfe`` evaluations per sample."""
         return Rule("dpmpp_2m", nfe)
 
+    def best_rule(self) -> Rule:
+        """The teacher at its best, cost aside (the "teacher at its best sampler" reference row)."""
+        return self.default_rule()
+
+    def reference_rule(self) -> Rule | None:
+        """A deterministic many-step ODE solution from the same noise, the target of a trajectory
+        student's paired error (None: the task has no paired error)."""
+        return None
+
     # -- measuring ------------------------------------------------------------------------------
     @abstractmethod
     def generate(self, model: Any, rule: Rule, n: int, seed: int = 0, progress: bool = False) -> Samples:
@@ -148,6 +157,21 @@ class Task(ABC):
 
     def reference(self, n: int, seed: int = 0) -> Samples | None:
         """Real data drawn like samples (the real-vs-real floor row), or None when there is none."""
+        return None
+
+    def collapse(self, n: int, seed: int = 0) -> Samples | None:
+        """A collapsed "model": one real sample per condition, repeated (the collapse reference
+        row, so a reader sees what recall near 0 looks like), or None when the task has none."""
+        return None
+
+    def distance(self, samples: Samples, to: Samples, seed: int = 0) -> Metric | None:
+        """The task's set distance between two sample sets (images: FD to the teacher's best
+        samples), with its interval; None when the task has none."""
+        return None
+
+    def paired(self, samples: Samples, to: Samples, seed: int = 0) -> Metric | None:
+        """Mean squared error between paired samples drawn from the same noise (a trajectory
+        student vs ``reference_rule``'s solution); None when the task has none."""
         return None
 
     @abstractmethod
