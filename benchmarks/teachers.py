@@ -1,57 +1,110 @@
-"""Quality of the shipped teachers at 50 and 250 steps (and the real-data floor).
+"""The shipped image teachers under the evaluation protocol (issue 17): every figure with its 95%
+interval, the reference rows side by side, several sampling seeds for the headline rows.
 
-    uv run python benchmarks/teachers.py [--n 1000]
+    uv run python benchmarks/teachers.py [--n 500] [--seeds 5] [--best-seeds 2] [--tasks digits,shapes,photos]
 
-Writes docs/benchmarks/teachers.md.
+Per task (``fewstep.image.tasks``: the evaluation classifier's features, the real test split):
+the real-vs-real floor (class-balanced train images, same n), a collapse row (one real image per
+class, repeated), the teacher with DPM-Solver++(2M) at 1, 2, 4 and 50 steps and with DDPM at 250
+steps (its best, docs/benchmarks/teachers.md before this protocol). Rows marked "x S seeds" are the
+mean over S sampling seeds with a t-interval over the seeds (the spread between seeds, which the
+per-sample bootstrap does not see); the other rows are one seed with the bootstrap interval.
+Comparisons are stated against the teacher at 50 steps. Writes docs/benchmarks/teachers.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import statistics
 import sys
 import time
+from pathlib import Path
 
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))
 from common import DOCS, machine, table  # noqa: E402
 
-from fewstep.image.evaluate import EvalConfig, evaluate_denoiser  # noqa: E402
-from fewstep.image.quality import real_data_baseline  # noqa: E402
-from fewstep.image.registry import load_model  # noqa: E402
+from fewstep.core.intervals import Metric, compare, from_se  # noqa: E402
+from fewstep.core.tasks import Rule, get_task  # noqa: E402
+
+SHOWN = ("dfd", "kid", "precision", "recall", "density", "coverage", "accuracy", "class_fd")
+UNIT = ("precision", "recall", "coverage", "accuracy")
+T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 8: 2.365, 10: 2.262}  # t quantiles, S - 1 dof
+
+
+def over_seeds(runs: list[dict[str, Metric]]) -> dict[str, Metric]:
+    """Mean over seeds with a 95% t-interval (se = sd / sqrt(S), widened to the t quantile)."""
+    s = len(runs)
+    out = {}
+    for k in runs[0]:
+        vals = [r[k].value for r in runs]
+        sd = statistics.stdev(vals) if s > 1 else 0.0
+        se = sd / s**0.5 * (T975.get(s, 1.96) / 1.96)  # from_se widens by 1.96: this gives the t interval
+        bounds = (-math.inf, math.inf) if k == "kid" else (0.0, 1.0) if k in UNIT else (0.0, math.inf)
+        out[k] = from_se(statistics.fmean(vals), se, runs[0][k].n * s, higher_is_better=runs[0][k].higher_is_better, bounds=bounds)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--steps", default="50,250")
-    p.add_argument("--solvers", default="dpmpp_2m,ddpm")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--seeds", type=int, default=5, help="sampling seeds of the 50-step row")
+    p.add_argument("--best-seeds", type=int, default=2, help="sampling seeds of the DDPM-250 row")
+    p.add_argument("--tasks", default="digits,shapes,photos")
+    p.add_argument("--out", default=str(DOCS / "teachers.md"))
     args = p.parse_args()
-    rows = []
     t0 = time.perf_counter()
-    for name, dataset in (("digits-teacher", "digits"), ("shapes-teacher", "shapes")):
-        den = load_model(name)
-        floor = real_data_baseline(dataset, n=args.n)
-        rows.append([name, "real data (train vs test)", "-", "-", floor.dfd, floor.accuracy, floor.precision, floor.recall, "-"])
-        for solver in args.solvers.split(","):
-            for steps in (int(s) for s in args.steps.split(",")):
-                r = evaluate_denoiser(den, EvalConfig(solver=solver, num_steps=steps, n=args.n, seed=0))
-                rows.append([name, solver, steps, int(r["nfe"]), r["dfd"], r["accuracy"], r["precision"], r["recall"], f"{r['seconds_per_sample'] * 1e3:.2f}"])
-                print(rows[-1], flush=True)
-    header = ["model", "solver", "steps", "NFE", "dFD", "accuracy", "precision", "recall", "ms/sample"]
-    text = "\n".join(
-        [
-            "# Shipped teachers",
-            "",
-            f"`uv run python benchmarks/teachers.py --n {args.n}` on {machine()}; {args.n} class-balanced samples, seed 0,"
-            f" no guidance; total {time.perf_counter() - t0:.0f} s. dFD: Fréchet distance on the shipped classifier's"
-            " features vs the real test split (lower is better; the real-data row is the floor at the same n).",
-            "",
-            table(header, rows),
-            "",
-        ]
-    )
-    DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / "teachers.md").write_text(text)
+    sections, record = [], {}
+    for name in args.tasks.split(","):
+        task = get_task(name)
+        teacher = task.teacher()
+        rows: dict[str, tuple[str, float, float, dict[str, Metric]]] = {}  # label -> (rule, nfe, ms, metrics)
+
+        def run(label: str, rule: Rule, seeds: int) -> None:
+            runs, spent = [], 0.0
+            for seed in range(seeds):
+                s = task.generate(teacher, rule, args.n, seed)
+                runs.append(task.evaluate(s, seed))
+                spent += s.seconds_per_sample
+            m = runs[0] if seeds == 1 else over_seeds(runs)
+            rows[label + (f" x {seeds} seeds" if seeds > 1 else "")] = (s.rule, s.nfe, 1e3 * spent / seeds, m)
+            print(name, label, {k: round(v.value, 4) for k, v in m.items()}, f"{time.perf_counter() - t0:.0f}s", flush=True)
+
+        for label, s in (("real data (floor)", task.reference(args.n)), ("collapse (one image per class)", task.collapse(args.n))):
+            rows[label] = (s.rule, 0.0, 0.0, task.evaluate(s))
+        for steps in (1, 2, 4):
+            run(f"teacher, {steps} steps", Rule("dpmpp_2m", steps), 1)
+        run("teacher, 50 steps", Rule("dpmpp_2m", 50), args.seeds)
+        run("teacher at its best", task.best_rule(), args.best_seeds)
+        ref = next(v[3] for k, v in rows.items() if k.startswith("teacher, 50 steps"))
+        body = []
+        for label, (rule, nfe, ms, m) in rows.items():
+            figs = [m[k].format() if k in m else "–" for k in SHOWN]
+            verdict = "–" if label.startswith("teacher, 50 steps") else compare(m["dfd"], ref["dfd"])
+            body.append([label, rule, f"{nfe:.0f}" if nfe else "–", *figs, verdict, f"{ms:.2f}" if ms else "–"])
+        header = ["row", "sampler", "NFE", *(f"{k} {'↑' if ref[k].higher_is_better else '↓'}" for k in SHOWN), "dFD vs 50 steps", "ms/sample"]
+        sections += [f"## {name}", "", task.description + ".", "", table(header, body), ""]
+        record[name] = {label: {"rule": r, "nfe": nfe, "ms_per_sample": ms, "metrics": {k: v.to_dict() for k, v in m.items()}}
+                        for label, (r, nfe, ms, m) in rows.items()}
+    text = "\n".join([
+        "# Shipped teachers under the evaluation protocol",
+        "",
+        f"`uv run python benchmarks/teachers.py --n {args.n} --seeds {args.seeds} --best-seeds {args.best_seeds} --tasks {args.tasks}` "
+        f"on {machine()}; n = {args.n} class-balanced samples per row, no guidance; total {time.perf_counter() - t0:.0f} s.",
+        "",
+        "Figures are in the evaluation classifier's features against the real test split, each with its 95% interval: "
+        "bootstrap over the samples for one-seed rows, a t-interval over sampling seeds for rows marked \"x S seeds\". "
+        "dFD is biased upwards at finite n, so compare rows at the same n only; KID is unbiased (and may be below 0). "
+        "The verdict column compares each row's dFD with the teacher at 50 steps (better / worse / not distinguishable at 95%). "
+        "The floor row is the best any model can expect at this n; the collapse row shows what recall and coverage near 0 look like.",
+        "",
+        *sections,
+    ])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(text)
 
 

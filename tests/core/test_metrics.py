@@ -238,3 +238,19 @@ def test_feature_quality_gives_every_figure_an_interval_and_tells_a_collapse_apa
     assert compare(good["fd"], collapsed["fd"]) == "better"
     assert compare(good["coverage"], collapsed["coverage"]) == "better"
     assert compare(good["recall"], collapsed["recall"]) == "better"
+
+
+def test_kid_interval_covers_zero_for_one_distribution_and_excludes_it_for_two():
+    """The first-order SE vanishes as KID -> 0 (a degenerate U-statistic): kid_metric bootstraps
+    instead, so same-distribution sets are not declared different."""
+    from fewstep.core.metrics import kid_metric
+
+    g = torch.Generator().manual_seed(0)
+    covered = 0
+    for i in range(10):
+        a, b = torch.randn(200, 16, generator=g), torch.randn(150, 16, generator=g)
+        m = kid_metric(a, b, resamples=100, seed=i)
+        covered += m.low <= 0.0 <= m.high
+    assert covered >= 8
+    far = kid_metric(torch.randn(200, 16, generator=g), torch.randn(150, 16, generator=g) + 0.5, resamples=100)
+    assert far.low > 0

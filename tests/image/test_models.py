@@ -16,7 +16,8 @@ runner = CliRunner()
 
 def test_registry_lists_teachers_and_classifiers():
     names = shipped_names()
-    assert {"digits-teacher", "shapes-teacher", "digits-classifier", "shapes-classifier"} <= set(names)
+    assert {"digits-teacher", "shapes-teacher", "photos-teacher", "digits-classifier", "shapes-classifier",
+            "photos-classifier", "photos-reward-classifier"} <= set(names)
     assert "teacher on digits" in summary("digits-teacher")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint path"):
         resolve("no-such-model")
@@ -42,6 +43,20 @@ def test_shapes_teacher_samples_are_recognisable():
     q = evaluate_samples("shapes", x, y)
     assert q.accuracy >= 0.8, q  # 0.91 at n = 480, 20 steps (docs/benchmarks/teachers.md)
     assert min(q.class_histogram) > 0, q  # every shape x colour class is produced
+
+
+@torch.no_grad()
+def test_photos_teacher_draws_each_photo_and_beats_its_one_step_self():
+    """The photos teacher (crops of 14 real photographs) at 10 steps: the evaluation classifier
+    recognises the requested photo, and its dFD is far better than a single step's."""
+    den = load_model("photos-teacher")
+    y = torch.arange(140) % 14
+    noise = torch.randn(140, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    q = {k: evaluate_samples("photos", sample(den, noise, "dpmpp_2m", num_steps=k, cond=y, denoise_to_zero=True).clamp(-1, 1), y)
+         for k in (1, 10)}
+    assert q[10].accuracy >= 0.75, q[10]  # 0.92 at n = 504, 50 steps (docs/benchmarks/teachers.md)
+    assert q[10].dfd < 0.5 * q[1].dfd, (q[10].dfd, q[1].dfd)
+    assert min(q[10].class_histogram) > 0, q[10]  # every photo is drawn
 
 
 def test_guidance_sharpens_class_agreement():

@@ -36,7 +36,7 @@ def evaluate(
     guidance: Optional[float] = typer.Option(None, parser=checks.real(0, 50), help="classifier-free guidance scale (1 = none, 0 = unconditional; default: the model's own, 1 for teachers, the trained default for guided students)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Sample a model and print dFD, accuracy, recall, NFE and seconds per sample."""
+    """Sample a model and print dFD, KID, precision/recall, density/coverage, accuracy and per-class FD, each with its 95% interval, NFE and seconds per sample."""
     from .evaluate import EvalConfig, evaluate_denoiser
     from .registry import load_model
 
@@ -46,11 +46,11 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps({"model": model, **r}))
         return
-    typer.echo(
-        f"{model}: {r['solver']} {r['steps']} steps | dFD {r['dfd']:.3f} | accuracy {r['accuracy']:.3f} | "
-        f"recall {r['recall']:.3f} | precision {r['precision']:.3f} | NFE {r['nfe']:.0f} | "
-        f"{r['seconds_per_sample'] * 1e3:.2f} ms/sample"
-    )
+    from fewstep.core.intervals import Metric
+
+    figs = " | ".join(f"{k} {Metric.from_dict(m).format()}" for k, m in r["metrics"].items())
+    typer.echo(f"{model}: {r['solver']} {r['steps']} steps, n = {n} (95% intervals) | {figs} | NFE {r['nfe']:.0f} | "
+               f"{r['seconds_per_sample'] * 1e3:.2f} ms/sample")
 
 
 @app.command("train-teacher")
@@ -163,7 +163,7 @@ def distill_cmd(
 
     from .distill import parse_options, run_distill
 
-    name = {"digits": "digits-teacher", "shapes": "shapes-teacher"}.get(teacher, teacher)
+    name = {"digits": "digits-teacher", "shapes": "shapes-teacher", "photos": "photos-teacher"}.get(teacher, teacher)
     out = checkpoint_stem(out)
     with output_lock(out):
         run_distill(method, name, steps, out, iterations=iters, batch_size=batch_size, lr=lr, options=parse_options(option),

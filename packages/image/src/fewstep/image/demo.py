@@ -9,12 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from fewstep.core.intervals import Metric
 from fewstep.core.io import write_text_atomic
+from fewstep.core.tasks import Samples
 
 from .compression_report import compare_compression
 from .evaluate import EvalConfig, evaluate_denoiser, generate
-from .quality import evaluate_samples, real_data_baseline
 from .registry import load_model, summary
+from .tasks import task_for
 
 DEFAULT_MODELS = ("digits-teacher", "shapes-teacher")
 DEFAULT_NFE = (5, 10, 20, 50)
@@ -69,16 +71,19 @@ def compare_solvers(name: str, nfes: tuple[int, ...], n: int, seed: int, log) ->
     noise = torch.randn(n, *den.sample_shape, generator=gen)
     y = torch.arange(n) % den.num_classes
     ref = sample(den, noise, "dpmpp_2m", 200, cond=y, denoise_to_zero=True)
-    lines = ["| solver | NFE | error to 200-step | dFD | accuracy |", "|---|---:|---:|---:|---:|"]
+    from fewstep.core.metrics import paired_error
+
+    task = task_for(dataset)
+    lines = ["| solver | NFE | MSE to 200-step | dFD | accuracy |", "|---|---:|---|---|---|"]
     for k in nfes:
         for solver in COMPARE_SOLVERS:
             steps = (k + 1) // 2 if solver == "heun" else k
             den.reset_counters()
             x = sample(den, noise, solver, steps, cond=y, denoise_to_zero=True)
-            err = float((x - ref).flatten(1).pow(2).mean(1).sqrt().mean())
-            q = evaluate_samples(dataset, x.clamp(-1, 1), y)
-            lines.append(f"| {solver} | {den.nfe} | {err:.4f} | {q.dfd:.3f} | {q.accuracy:.3f} |")
-            log(f"{name:16s} {solver:9s} NFE {den.nfe:2d}: error {err:.4f}  dFD {q.dfd:.3f}")
+            err = paired_error(x.flatten(1), ref.flatten(1), seed=seed)
+            m = task.evaluate(Samples((x.clamp(-1, 1), y), n, den.nfe, 0.0, solver), seed)
+            lines.append(f"| {solver} | {den.nfe} | {err.format()} | {m['dfd'].format()} | {m['accuracy'].format()} |")
+            log(f"{name:16s} {solver:9s} NFE {den.nfe:2d}: MSE {err.format()}  dFD {m['dfd'].format()}")
     return lines
 
 
@@ -94,19 +99,23 @@ def shipped_students() -> list[str]:
 
 def compare_students(n: int, seed: int, log) -> list[str]:
     """Each shipped student with its own sampling rule beside its teacher at the same NFE and at 50."""
+    from fewstep.core.intervals import compare
+
     lines = [
-        "| model | method | sampler | NFE | dFD | accuracy | recall | ms / sample | teacher dFD, same NFE (dpmpp_2m) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | method | sampler | NFE | dFD | accuracy | recall | ms / sample | teacher dFD, same NFE (dpmpp_2m) | student vs teacher |",
+        "|---|---|---|---:|---|---|---|---:|---|---|",
     ]
     for name in shipped_students():
         den = load_model(name)
         r = evaluate_denoiser(den, EvalConfig(n=n, seed=seed))
         teacher = load_model(den.card.provenance.get("teacher") or f"{den.card.provenance['dataset']}-teacher")
         t = evaluate_denoiser(teacher, EvalConfig(solver="dpmpp_2m", num_steps=den.card.student_steps, n=n, seed=seed))
-        log(f"{name:20s} {r['solver']} {r['steps']} steps: dFD {r['dfd']:7.3f} (teacher at the same NFE {t['dfd']:.3f})")
+        rm, tm = ({k: Metric.from_dict(v) for k, v in d["metrics"].items()} for d in (r, t))
+        log(f"{name:20s} {r['solver']} {r['steps']} steps: dFD {rm['dfd'].format()} (teacher at the same NFE {tm['dfd'].format()})")
         lines.append(
-            f"| {name} | {den.card.provenance.get('distilled_by', '?')} | {r['solver']} | {r['nfe']:.0f} | {r['dfd']:.3f} | {r['accuracy']:.3f} | "
-            f"{r['recall']:.3f} | {r['seconds_per_sample'] * 1e3:.2f} | {t['dfd']:.3f} |"
+            f"| {name} | {den.card.provenance.get('distilled_by', '?')} | {r['solver']} | {r['nfe']:.0f} | {rm['dfd'].format()} | "
+            f"{rm['accuracy'].format()} | {rm['recall'].format()} | {r['seconds_per_sample'] * 1e3:.2f} | {tm['dfd'].format()} | "
+            f"{compare(rm['dfd'], tm['dfd'])} |"
         )
     return lines if len(lines) > 2 else ["No distilled students are shipped in this install."]
 
@@ -130,21 +139,25 @@ def run_demo(
     for name in models:
         den = load_model(name)
         dataset = den.card.provenance["dataset"]
-        floor = real_data_baseline(dataset, n=min(n, 1000))
+        task = task_for(dataset)
+        floor = task.evaluate(task.reference(n, seed), seed)  # class-balanced, the same n
         for k in nfe:
             cfg = EvalConfig(solver=solver, num_steps=k, n=n, seed=seed)
             x, y, used_nfe, sec = generate(den, cfg)
-            q = evaluate_samples(dataset, x, y)
-            rows.append({"model": name, "solver": solver, "steps": k, "nfe": used_nfe, "seconds_per_sample": sec, **q.to_dict()})
-            log(f"{name:16s} {solver} {k:3d} steps: dFD {q.dfd:7.3f}  acc {q.accuracy:.3f}  recall {q.recall:.3f}  {sec * 1e3:.2f} ms/sample")
+            m = task.evaluate(Samples((x, y), n, used_nfe, sec, solver), seed)
+            rows.append({"model": name, "solver": solver, "steps": k, "nfe": used_nfe, "seconds_per_sample": sec,
+                         **{key: v.value for key, v in m.items()}, "metrics": {key: v.to_dict() for key, v in m.items()}})
+            log(f"{name:16s} {solver} {k:3d} steps: dFD {m['dfd'].format()}  acc {m['accuracy'].value:.3f}  "
+                f"recall {m['recall'].value:.3f}  {sec * 1e3:.2f} ms/sample")
         per_class = 10 if den.num_classes <= 10 else 8
         nrow = den.num_classes
         x_show, _, _, _ = generate(den, replace(cfg, n=per_class * nrow, batch_size=per_class * nrow))
         grid_name = f"{name}-samples.png"
         save_grid(x_show, out / grid_name, nrow=nrow)
         sections.append(
-            f"### {name}\n{summary(name)}\n\nReal-data floor (train vs test, n={min(n, 1000)}): dFD "
-            f"{floor.dfd:.3f}, accuracy {floor.accuracy:.3f}, recall {floor.recall:.3f}.\n\n"
+            f"### {name}\n{summary(name)}\n\nReal-data floor (class-balanced train images vs the test split, n={n}): dFD "
+            f"{floor['dfd'].format()}, KID {floor['kid'].format()}, recall {floor['recall'].format()}, "
+            f"coverage {floor['coverage'].format()}.\n\n"
             f"![{name} samples at {nfe[-1]} steps, one class per column]({grid_name})\n"
         )
     compare = compare_solvers(models[0], COMPARE_NFE, n, seed, log)
@@ -152,22 +165,24 @@ def run_demo(
     students = compare_students(n, seed, log)
     plot_quality(rows, out / "quality_vs_nfe.png")
     write_text_atomic(out / "results.json", json.dumps(rows, indent=2))
+    shown = ("dfd", "kid", "accuracy", "precision", "recall", "coverage")
     table = [
-        "| model | solver | steps | NFE | dFD | accuracy | precision | recall | ms / sample |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | solver | steps | NFE | " + " | ".join(shown) + " | ms / sample |",
+        "|---|---|---:|---:|" + "---|" * len(shown) + "---:|",
     ] + [
-        f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']:.0f} | {r['dfd']:.3f} | {r['accuracy']:.3f} | "
-        f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_sample'] * 1e3:.2f} |"
+        f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']:.0f} | "
+        + " | ".join(Metric.from_dict(r["metrics"][k]).format() for k in shown) + f" | {r['seconds_per_sample'] * 1e3:.2f} |"
         for r in rows
     ]
     wall = time.perf_counter() - t_start
     report = [
         "# fewstep image demo",
         "",
-        f"{n} class-balanced samples per row, seed {seed}, on {torch.get_num_threads()} CPU thread(s); "
-        f"total wall time {wall:.0f} s. dFD is the Fréchet distance between features of fewstep's "
-        "shipped classifier on the samples and on the real test split; accuracy is how often the "
-        "classifier names the requested class; recall is improved recall (Kynkäänniemi et al. 2019).",
+        f"{n} class-balanced samples per row (a demo: the benchmarks use more), seed {seed}, on {torch.get_num_threads()} "
+        f"CPU thread(s); total wall time {wall:.0f} s. Every figure has its 95% interval (bootstrap over the samples). "
+        "dFD is the Fréchet distance between features of fewstep's shipped evaluation classifier on the samples and on the "
+        "real test split, KID its unbiased kernel counterpart; accuracy is how often the classifier names the requested "
+        "class; precision/recall are improved precision/recall (Kynkäänniemi et al. 2019), coverage Naeem et al. 2020's.",
         "",
         *table,
         "",
@@ -175,8 +190,8 @@ def run_demo(
         "",
         f"## Solvers at equal NFE ({models[0]})",
         "",
-        "Same noise for every solver; error is the RMS distance to a 200-step DPM-Solver++(2M) solution of "
-        "that noise. `benchmarks/solvers.py` runs the full comparison, diffusers' schedulers included.",
+        "Same noise for every solver; MSE is the mean squared distance per pixel to a 200-step DPM-Solver++(2M) "
+        "solution of that noise (95% interval over the samples). `benchmarks/solvers.py` runs the full comparison, diffusers' schedulers included.",
         "",
         *compare,
         "",

@@ -68,13 +68,22 @@ def generate(den: Denoiser, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor
 
 
 def evaluate_denoiser(den: Denoiser, cfg: EvalConfig = EvalConfig()) -> dict:
-    """One JSON-ready dict: dfd, accuracy, precision, recall, nfe, seconds_per_sample, histogram."""
+    """One JSON-ready dict: dfd, accuracy, precision, recall, nfe, seconds_per_sample, histogram, and
+    ``metrics``: every figure of the dataset's task evaluation (dFD, KID, precision/recall,
+    density/coverage, accuracy, per-class FD) with its 95% interval (``Metric.to_dict``)."""
+    from fewstep.core.tasks import Samples
+
+    from .tasks import task_for
+
     x, y, nfe, sec = generate(den, cfg)
-    report = evaluate_samples(dataset_of(den), x, y)
+    dataset = dataset_of(den)
+    report = evaluate_samples(dataset, x, y)
+    metrics = task_for(dataset).evaluate(Samples((x, y), len(x), nfe, sec, ""), cfg.seed)
     spec, steps, _, _ = resolve_rule(den, cfg.solver, cfg.num_steps, cfg.grid)
     solver = spec.name
     return {
         **report.to_dict(),
+        "metrics": {k: m.to_dict() for k, m in metrics.items()},
         "nfe": nfe,
         "seconds_per_sample": sec,
         "solver": solver,

@@ -183,4 +183,14 @@ SHAPES = ImageTask("shapes", "shapes-teacher", "synthetic coloured shapes, 32x32
 PHOTOS = ImageTask("photos", "photos-teacher", "32x32 crops of scikit-image's bundled photographs (14 classes, one per photo), "
                    "dFD on the shipped classifier")
 
-__all__ = ["DIGITS", "PHOTOS", "SHAPES", "ImageTask"]
+
+
+def task_for(dataset: str) -> ImageTask:
+    """The registered task of a dataset name (its evaluation is the package's one protocol)."""
+    tasks = {t.dataset: t for t in (DIGITS, SHAPES, PHOTOS)}
+    if dataset not in tasks:
+        raise ValueError(f"no image task for dataset {dataset!r}; known: {sorted(tasks)}")
+    return tasks[dataset]
+
+
+__all__ = ["DIGITS", "PHOTOS", "SHAPES", "ImageTask", "task_for"]
