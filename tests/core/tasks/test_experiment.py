@@ -16,6 +16,7 @@ def _check_run(out, summary, task):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     rows = saved["rows"]
+    assert saved["teacher_sample_evals"] > 0 and saved["iterations_done"] == saved["iterations"]  # the teacher's cost is counted
     assert {"student", "teacher_same_nfe", "teacher_50", "teacher_best"} <= set(rows)
     assert rows["student"]["nfe"] == rows["teacher_same_nfe"]["nfe"] == 1
     assert rows["teacher_50"]["nfe"] == 50 and rows["teacher_best"]["nfe"] > 1
@@ -67,3 +68,11 @@ def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
     if message.startswith("'--"):  # a bad number is a usage error: the usage line, then the message
         return
     assert r.output.strip().count("\n") == 0
+
+
+def test_a_time_budget_stops_training_and_the_report_says_so(tmp_path, one_thread):
+    cfg = ExperimentConfig("digits", "pd", student_steps=1, iterations=100_000, n=20, batch_size=8, progress=False,
+                           max_seconds=1.0)
+    res = run_experiment(cfg, tmp_path, log=lambda m: None)
+    assert 1 <= res.summary["iterations_done"] < 100_000 and res.summary["max_seconds"] == 1.0
+    assert "a 1 s budget" in res.report.read_text()

@@ -159,12 +159,15 @@ def experiment(
     json_out: bool = typer.Option(False, "--json", help="print metrics.json to stdout"),
     save_every: str = save_every_option(),
     restart: bool = restart_option(),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", parser=checks.real(0, 1e7, lo_open=True),
+                                             help="a wall-clock training budget: stop at the first iteration past it "
+                                                  "(--iterations is then an upper bound), so methods compare at equal time"),
 ) -> None:
     """Distil a student with METHOD on TASK and report it against the teacher, every figure with its 95% interval."""
     from .experiment import ExperimentConfig, run_experiment
 
     cfg = ExperimentConfig(task=task, method=method, student_steps=student_steps, iterations=iterations, n=n,
-                           seed=seed, batch_size=batch_size, save_every=save_every, restart=restart)
+                           seed=seed, batch_size=batch_size, save_every=save_every, restart=restart, max_seconds=max_seconds)
     with output_lock(out):
         res = run_experiment(cfg, out, log=lambda m: typer.echo(m, err=json_out))
     if json_out:

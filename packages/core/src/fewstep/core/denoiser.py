@@ -34,7 +34,8 @@ class Denoiser(nn.Module):
         card: how to use the checkpoint (:class:`~fewstep.core.card.ModelCard`: a student's step count
             and own sampling rule, provenance); ``sample(den, x)`` reads it, the forward pass never does.
     Counters: ``nfe`` counts Denoiser calls, ``net_evals`` counts network forward passes
-    (a guided call is one NFE and two network evaluations).
+    (a guided call is one NFE and two network evaluations), ``sample_evals`` counts samples through
+    the network (a forward pass on a batch of B counts B; a batched guided call 2 B).
     """
 
     def __init__(
@@ -76,11 +77,13 @@ class Denoiser(nn.Module):
         self.guidance_embedded = bool(getattr(getattr(net, "config", None), "guidance_embed", False))
         self.nfe = 0
         self.net_evals = 0
+        self.sample_evals = 0
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def reset_counters(self) -> None:
         self.nfe = 0
         self.net_evals = 0
+        self.sample_evals = 0
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return self.schedule.alpha(t), self.schedule.sigma(t)
@@ -109,6 +112,7 @@ class Denoiser(nn.Module):
         """One network evaluation at (x, t) as the net sees it (input scale, net time), unchecked:
         samplers of students whose nets output more than a prediction (ArcFlow) read it here."""
         self.net_evals += 1
+        self.sample_evals += x.shape[0]
         scale = self.schedule.input_scale(t)
         x_in = x if scale is None else x * _bcast(scale, x)
         net_t = self.schedule.net_time(t).to(x.dtype)

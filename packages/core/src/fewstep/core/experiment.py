@@ -44,6 +44,7 @@ class ExperimentConfig:
     progress: bool = True
     save_every: str = "2m"  # how often the student's run saves (checks.parse_save_every)
     restart: bool = False  # discard a saved run of the same kind instead of resuming it
+    max_seconds: float | None = None  # a wall-clock training budget (TrainConfig.max_seconds); iterations is then a cap
 
     def __post_init__(self):
         from .distill import methods
@@ -58,6 +59,8 @@ class ExperimentConfig:
             raise ValueError(f"n={self.n}: an interval needs at least 2 evaluation samples")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds={self.max_seconds} must be > 0 (None: no time budget)")
         from .checks import parse_save_every
 
         parse_save_every(self.save_every)
@@ -86,7 +89,7 @@ def _distill(task: Task, teacher, cfg: ExperimentConfig, out: Path):
     iterations = cfg.iterations or b.iterations
     train = TrainConfig(iterations=iterations, batch_size=cfg.batch_size or b.batch_size, lr=b.lr,
                         warmup_iterations=min(b.warmup_iterations, iterations), ema_decay=b.ema_decay,
-                        seed=cfg.seed, progress=cfg.progress, **parse_save_every(cfg.save_every).fields())
+                        seed=cfg.seed, progress=cfg.progress, max_seconds=cfg.max_seconds, **parse_save_every(cfg.save_every).fields())
     traj = task.trajectories()
     dcfg = DistillConfig(student_steps=cfg.student_steps, train=train, **({"trajectories": traj} if traj is not None else {}))
     data = task.distill_data(objective.data, cfg.seed)
@@ -147,6 +150,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, log=print) -> 
         "task": task.name, "modality": task.modality, "method": cfg.method, "paper": getattr(objective, "paper", ""),
         "student_steps": cfg.student_steps, "iterations": iterations, "batch_size": batch, "n": n, "seed": cfg.seed,
         "level": LEVEL, "primary": task.primary, "train_seconds": round(res.seconds, 1),
+        "iterations_done": int(res.student.card.provenance.get("iterations", iterations)),
+        "max_seconds": cfg.max_seconds, "teacher_sample_evals": int(res.student.card.provenance.get("teacher_sample_evals", 0)),
         "rows": {k: {"label": labels[k], "rule": s.rule, "nfe": s.nfe, "seconds_per_sample": s.seconds_per_sample,
                      "n": s.n, "collapsed": k in collapsed,
                      "metrics": {m: v.to_dict() for m, v in metrics[k].items()}} for k, s in samples.items()},
@@ -206,8 +211,9 @@ def _report(task: Task, s: dict, picture: str, plot: str) -> str:
         f"# {s['method']} on {task.name}: a {s['student_steps']}-step student", "",
         (f"Task **{task.name}** ({task.modality}): {task.description}. Sample shape {tuple(task.sample_shape)}, "
          f"conditioning: {task.conditioning}."),
-        f"Method **{s['method']}**" + (f" ({s['paper']})" if s["paper"] else "") + f": {s['iterations']} training "
-        f"iterations at batch {s['batch_size']}, {s['train_seconds']:.0f} s; seed {s['seed']}.", "",
+        f"Method **{s['method']}**" + (f" ({s['paper']})" if s["paper"] else "") + f": {s['iterations_done']} training "
+        f"iterations at batch {s['batch_size']}" + (f" (a {s['max_seconds']:g} s budget, cap {s['iterations']})" if s["max_seconds"] else "")
+        + f", {s['train_seconds']:.0f} s, {s['teacher_sample_evals']:,} samples through the teacher's network; seed {s['seed']}.", "",
         (f"Each row is scored on n = {s['n']} samples; every figure is shown with its {s['level']:.0%} interval "
          "(standard-error bootstrap over the samples; KID: its U-statistic standard error). NFE is network "
          "evaluations per sample. Reference rows: the teacher at the student's NFE, at 50 ODE steps and at its "

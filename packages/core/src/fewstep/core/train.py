@@ -60,6 +60,10 @@ class TrainConfig:
     progress: bool = True
     strategy: str = "ddp"  # under torchrun: "ddp" replicates the module, "fsdp" shards it (FSDP2)
     activation_checkpointing: bool = False  # recompute each net block's activations in backward
+    # A wall-clock budget of training work (seconds, summed over resumed runs): the run ends at the
+    # first iteration boundary past it, even before ``iterations`` (then an upper bound), so methods
+    # of different cost per iteration can be compared at equal time. None: iterations only.
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -76,6 +80,11 @@ class TrainConfig:
             raise ValueError(f"save_every_seconds={self.save_every_seconds} must be a finite number > 0 (None: by iterations only)")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule={self.lr_schedule!r}; use 'constant' or 'cosine'")
+        if self.max_seconds is not None:
+            if not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+                raise ValueError(f"max_seconds={self.max_seconds} must be a finite number > 0 (None: no time budget)")
+            if self.lr_schedule == "cosine":
+                raise ValueError("a time budget (max_seconds) ends at an unknown iteration: use lr_schedule='constant'")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # JSON gives lists back
@@ -90,6 +99,8 @@ class TrainResult:
     resumed_from: int = 0
     history: dict = field(default_factory=dict)
     updates: dict[str, int] = field(default_factory=dict)  # optimiser steps per part, resumed ones included ("model": WHOLE)
+    work_seconds: float = 0.0  # training work over every resumed run (what max_seconds budgets)
+    budget_spent: bool = False  # stopped by max_seconds before config.iterations
 
     @property
     def step(self) -> int:
@@ -187,6 +198,7 @@ def save_training_state(
     config: TrainConfig,
     card: dict,
     rng: dict | None = None,
+    work_seconds: float = 0.0,
 ) -> None:
     """Atomic checkpoint of everything needed to resume (rank 0 only; whole tensors)."""
     tensors = {
@@ -203,6 +215,7 @@ def save_training_state(
         "kind": "training-state",
         "iteration": iteration,
         "losses": losses,
+        "work_seconds": float(work_seconds),
         "parts": [asdict(p) for p in parts],
         "param_groups": [osd["param_groups"] for osd in optim],
         "train_config": asdict(config),
@@ -292,6 +305,7 @@ def load_training_state(out_dir: Path, parts: Sequence[Part], settings: dict | N
         "rng": {k: v for k, v in tensors.items() if k.startswith("rng.")},
         "iteration": int(card["iteration"]),
         "losses": list(card.get("losses", [])),
+        "work_seconds": float(card.get("work_seconds", 0.0)),
         "where": where,
     }
 
@@ -410,7 +424,7 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
     names = [[n for n, _ in ps] for ps in named]
     opts = [_optimizer(part, [p for _, p in ps], config) for part, ps in zip(parts, named)]
     ema = {k: v.detach().clone() for k, v in engine.state_dict().items()}
-    iteration, losses = 0, []
+    iteration, losses, spent_before = 0, [], 0.0
     if saved:
         for opt, nm, osd in zip(opts, names, saved["optim"]):
             if strategy == "fsdp":
@@ -420,7 +434,7 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
         if set(saved["ema"]) != set(ema):
             raise CheckpointError(f"{saved['where']}: its EMA does not fit this module; {RESTART_HINT}")
         ema = {k: sharding.shard_like(saved["ema"][k], v) for k, v in ema.items()}
-        iteration, losses = saved["iteration"], saved["losses"]
+        iteration, losses, spent_before = saved["iteration"], saved["losses"], saved["work_seconds"]
         _set_rng_state(saved["rng"], device)  # rank 0's: every rank draws the same shapes, so they agree
         if rank == 0 and config.progress:
             print(f"resuming from iteration {iteration} of {config.iterations} in {out_dir}", flush=True)
@@ -448,7 +462,7 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
             )
         if rank == 0:
             save_training_state(
-                out_dir, model_sd, ema_sd, optim, parts, iteration, losses, config, card, _rng_state(device)
+                out_dir, model_sd, ema_sd, optim, parts, iteration, losses, config, card, _rng_state(device), work()
             )
         _barrier()
 
@@ -460,9 +474,14 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
         dynamic_ncols=True,
     )
     t0 = last_save_time = time.perf_counter()
+
+    def work() -> float:
+        return spent_before + time.perf_counter() - t0
+
+    budget_spent = config.max_seconds is not None and spent_before >= config.max_seconds
     try:
         with _stop_requests() as stop_request:
-            while iteration < config.iterations:
+            while iteration < config.iterations and not budget_spent:
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 7919 + rank)
                 batch = _batch(data, config.batch_size // world, gen, device)
                 lr = learning_rate(config, iteration)
@@ -500,10 +519,12 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
                     or (config.save_every is not None and iteration % config.save_every == 0)
                     or (config.save_every_seconds is not None and time.perf_counter() - last_save_time >= config.save_every_seconds)
                 )
-                due, stop = _agree(due, bool(stop_request["signum"]), device)
+                over, _ = _agree(config.max_seconds is not None and work() >= config.max_seconds, False, device)
+                due, stop = _agree(due or over, bool(stop_request["signum"]), device)
                 if due or stop:
                     checkpoint()
                     last_saved, last_save_time = iteration, time.perf_counter()
+                budget_spent = over and iteration < config.iterations
                 if stop and iteration < config.iterations:
                     how = "Ctrl-C" if stop_request["signum"] in (0, signal.SIGINT) else signal.Signals(stop_request["signum"]).name
                     raise Stopped(
@@ -520,7 +541,8 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
         module.to(device)
         ema = {k: sharding.full_tensor(v) for k, v in ema.items()}
     updates = {(p.name or "model"): -(-iteration // period) for p, period in zip(parts, periods)}
-    return TrainResult(iteration, losses, ema, time.perf_counter() - t0, resumed_from, updates=updates)
+    return TrainResult(iteration, losses, ema, time.perf_counter() - t0, resumed_from, updates=updates,
+                       work_seconds=work(), budget_spent=budget_spent)
 
 
 def _diverged(value: Tensor, iteration: int, out_dir: Path, config: TrainConfig, last: int, what: str = "loss") -> str:

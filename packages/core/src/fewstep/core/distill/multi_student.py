@@ -160,7 +160,7 @@ class StudentRouter(nn.Module):
         self.register_buffer("owner", owner)
         self.schedule, self.prediction = first.schedule, first.prediction
         self.sample_shape, self.num_classes = first.sample_shape, first.num_classes
-        self.boundary, self.clip_x0, self.guidance = None, first.clip_x0, first.guidance
+        self.boundary, self.clip_x0, self.guidance, self.reparam = None, first.clip_x0, first.guidance, None
         # Samples like its students: their step count and rule, the router's own provenance.
         self.card = ModelCard(first.card.student_steps, first.card.sampler, provenance or {})
         self.nfe = 0
@@ -168,6 +168,10 @@ class StudentRouter(nn.Module):
     @property
     def net_evals(self) -> int:
         return sum(s.net_evals for s in self.students)
+
+    @property
+    def sample_evals(self) -> int:
+        return sum(s.sample_evals for s in self.students)
 
     def reset_counters(self) -> None:
         self.nfe = 0

@@ -144,6 +144,7 @@ def _distill(teacher, objective, cfg, out, data, work: Path, card, progress, stu
         if not callable(reward):
             raise TypeError(f"reward must be a callable (x, cond) -> (B,), got {type(reward).__name__}")
         module.attach("reward", reward)  # not a submodule: not trained, checkpointed or synchronised
+    teacher.reset_counters()  # the card reports the teacher evaluations this run spent (trajectories included)
     train_data = _training_data(module, objective, cfg, data, work, progress and rank == 0)
     no_data = objective.data == "none"
     mem, mem_kind = _peak(module, train_data, device, cfg.train.seed, no_data) if device.type == "cpu" else (0, "")
@@ -178,6 +179,9 @@ def _distill(teacher, objective, cfg, out, data, work: Path, card, progress, stu
         **({"guidance_range": [float(trained_w[0]), float(trained_w[1])]} if trained_w is not None else {}),
         "iterations": result.iteration,
         "train_seconds": round(seconds, 1),
+        "work_seconds": round(result.work_seconds, 1),  # over resumed runs too (what TrainConfig.max_seconds budgets)
+        "budget_spent": result.budget_spent,  # stopped by the time budget before cfg.train.iterations
+        "teacher_sample_evals": int(teacher.sample_evals),  # samples through the teacher's net, this process (a resumed run counts from its resume)
         "batch_size": cfg.train.batch_size,
         "peak_bytes": mem,
         "peak_kind": mem_kind,
