@@ -139,7 +139,7 @@ def search_grid_cmd(
 @friendly
 def distill_cmd(
     method: str = typer.Argument(..., help="distillation method; `fewstep info` lists them (cd, pd, scm, reflow, ...)"),
-    teacher: str = typer.Option("digits-teacher", help="shipped name (digits or digits-teacher, shapes) or checkpoint path"),
+    teacher: str = typer.Option("digits-teacher", help="shipped name (digits or digits-teacher, shapes, photos) or checkpoint path"),
     steps: int = typer.Option(4, "--student-steps", parser=checks.count(1, 1000), help="the student's sampling steps (NFE)"),
     out: Path = typer.Option(..., help="student checkpoint stem (OUT.safetensors + OUT.json + OUT.report.json)"),
     iters: Optional[int] = typer.Option(None, "--iterations", parser=checks.count(1), help="training iterations (default: the benchmark budget, 600)"),
@@ -150,10 +150,14 @@ def distill_cmd(
     eval_n: int = typer.Option(500, parser=checks.count(20, 1_000_000), help="samples for the final report (>= 20)"),
     trajectories: Optional[int] = typer.Option(None, parser=checks.count(1, 1_000_000), help="teacher trajectories to generate for trajectory-based methods (default 4096 digits, 1024 shapes)"),
     seed: int = typer.Option(0, "--seed", parser=checks.seed()),
-    reward: Optional[str] = typer.Option(None, help="'classifier': the shipped classifier's log-probability of the class, "
-                                                   "for methods with a reward term (flash-dmd with -o reward_weight=0.02)"),
+    reward: Optional[str] = typer.Option(None, help="'classifier': the shipped reward classifier's log-probability of the class "
+                                                   "(never the evaluation classifier), for methods with a reward term "
+                                                   "(flash-dmd with -o reward_weight=0.02)"),
     save_every: str = save_every_option(),
     restart: bool = restart_option(),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", parser=checks.real(0, 1e7, lo_open=True),
+                                                help="a wall-clock training budget: stop at the first iteration past it "
+                                                     "(--iterations is then an upper bound)"),
 ) -> None:
     """Distil a teacher into a few-step student; resumes if interrupted; prints and saves a report.
 
@@ -168,7 +172,7 @@ def distill_cmd(
     with output_lock(out):
         run_distill(method, name, steps, out, iterations=iters, batch_size=batch_size, lr=lr, options=parse_options(option),
                     work_dir=work_dir, eval_n=eval_n, seed=seed, log=typer.echo, trajectories=trajectories, reward=reward,
-                    save_every=checks.parse_save_every(save_every), resume=not restart)
+                    save_every=checks.parse_save_every(save_every), resume=not restart, max_seconds=max_seconds)
     typer.echo(f"saved {written(out)} and {out}.report.json")
 
 

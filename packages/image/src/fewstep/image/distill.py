@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from fewstep.core.checks import SaveEvery
 from fewstep.core.distill import DistillConfig, TrajectoryConfig, distill, make_objective
+from fewstep.core.intervals import Metric, compare
 from fewstep.core.io import write_text_atomic
 from fewstep.core.train import TrainConfig
 
@@ -58,6 +59,7 @@ def run_distill(
     reward: Callable | str | None = None,
     save_every: SaveEvery | None = None,
     resume: bool = True,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Train, save and evaluate one student; returns (and writes to ``out.report.json``) the report.
 
@@ -70,7 +72,7 @@ def run_distill(
     den = load_model(teacher)
     dataset = dataset_of(den)
     objective = make_objective(method, **(options or {}))
-    train_cfg = replace(BUDGET, seed=seed, progress=progress, **(save_every or SaveEvery()).fields(),
+    train_cfg = replace(BUDGET, seed=seed, progress=progress, max_seconds=max_seconds, **(save_every or SaveEvery()).fields(),
                         **{k: v for k, v in {"iterations": iterations, "batch_size": batch_size, "lr": lr}.items() if v is not None})
     traj = TRAJECTORIES.get(dataset, TrajectoryConfig())
     if trajectories is not None:
@@ -96,7 +98,9 @@ def run_distill(
         "student": _quality(q),
         "teacher_same_nfe": _quality(base),
         "train_seconds": round(res.seconds, 1),
-        "train_iterations": train_cfg.iterations,
+        "train_iterations": int(student.card.provenance.get("iterations", train_cfg.iterations)),
+        "max_seconds": train_cfg.max_seconds,
+        "teacher_sample_evals": int(student.card.provenance.get("teacher_sample_evals", 0)),
         "batch_size": train_cfg.batch_size,
         "peak_bytes": res.peak_bytes,
         "peak_kind": res.peak_kind,
@@ -104,14 +108,18 @@ def run_distill(
         "objective": objective.describe(),
         "checkpoint": str(out),
     }
+    sm, tm = ({k: Metric.from_dict(v) for k, v in d["metrics"].items()} for d in (q, base))
+    report["verdicts_vs_teacher_same_nfe"] = {k: compare(m, tm[k]) for k, m in sm.items() if k in tm}
     write_text_atomic(f"{out}.report.json", json.dumps(report, indent=2))
     log(
-        f"{method} {student_steps}-step student: dFD {q['dfd']:.3f} | accuracy {q['accuracy']:.3f} | recall {q['recall']:.3f} | "
-        f"NFE {q['nfe']:.0f} | {q['seconds_per_sample'] * 1e3:.2f} ms/sample | trained {res.seconds:.0f} s; "
-        f"teacher (dpmpp_2m) at {student_steps} NFE: dFD {base['dfd']:.3f}"
+        f"{method} {student_steps}-step student (n = {eval_n}, 95% intervals): dFD {sm['dfd'].format()} | "
+        f"accuracy {sm['accuracy'].format()} | recall {sm['recall'].format()} | NFE {q['nfe']:.0f} | "
+        f"{q['seconds_per_sample'] * 1e3:.2f} ms/sample | trained {res.seconds:.0f} s ({report['train_iterations']} iterations); "
+        f"teacher (dpmpp_2m) at {student_steps} NFE: dFD {tm['dfd'].format()}: the student is "
+        f"{report['verdicts_vs_teacher_same_nfe']['dfd']}".replace("is not distinguishable", "is not distinguishable from it")
     )
     return report
 
 
 def _quality(r: dict) -> dict:
-    return {k: r[k] for k in ("dfd", "accuracy", "precision", "recall", "nfe", "seconds_per_sample", "solver", "steps")}
+    return {k: r[k] for k in ("dfd", "accuracy", "precision", "recall", "nfe", "seconds_per_sample", "solver", "steps", "metrics")}
