@@ -298,6 +298,21 @@ DATASETS = {
 SHAPES_SPLITS = {"train": (12000, 0), "test": (2000, 1)}  # split -> (n, seed)
 
 
+def balanced_indices(y: torch.Tensor, n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` rows whose labels run 0, 1, ..., k-1, 0, ... (as class-balanced samples'
+    labels do), each class's rows drawn at random without replacement."""
+    g = torch.Generator().manual_seed(seed)
+    pools = [torch.nonzero(y == c).flatten() for c in range(k)]
+    pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
+    taken, out = [0] * k, []
+    for c in (torch.arange(n) % k).tolist():
+        if taken[c] >= len(pools[c]):
+            raise ValueError(f"class {c} has only {len(pools[c])} images; lower n")
+        out.append(pools[c][taken[c]])
+        taken[c] += 1
+    return torch.stack(out)
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The ``DatasetInfo`` for ``name``; unknown names raise ValueError listing the known ones."""
     if name not in DATASETS:

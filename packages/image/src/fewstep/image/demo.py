@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from fewstep.core.intervals import Metric
 from fewstep.core.io import write_text_atomic
-from fewstep.core.tasks import Samples
 
 from .compression_report import compare_compression
 from .evaluate import EvalConfig, evaluate_denoiser, generate
+from .data import balanced_indices, load_dataset
+from .quality import score_samples
 from .registry import load_model, summary
-from .tasks import task_for
 
 DEFAULT_MODELS = ("digits-teacher", "shapes-teacher")
 DEFAULT_NFE = (5, 10, 20, 50)
@@ -73,7 +73,6 @@ def compare_solvers(name: str, nfes: tuple[int, ...], n: int, seed: int, log) ->
     ref = sample(den, noise, "dpmpp_2m", 200, cond=y, denoise_to_zero=True)
     from fewstep.core.metrics import paired_error
 
-    task = task_for(dataset)
     lines = ["| solver | NFE | MSE to 200-step | dFD | accuracy |", "|---|---:|---|---|---|"]
     for k in nfes:
         for solver in COMPARE_SOLVERS:
@@ -81,7 +80,7 @@ def compare_solvers(name: str, nfes: tuple[int, ...], n: int, seed: int, log) ->
             den.reset_counters()
             x = sample(den, noise, solver, steps, cond=y, denoise_to_zero=True)
             err = paired_error(x.flatten(1), ref.flatten(1), seed=seed)
-            m = task.evaluate(Samples((x.clamp(-1, 1), y), n, den.nfe, 0.0, solver), seed)
+            m = score_samples(dataset, x.clamp(-1, 1), y, seed)
             lines.append(f"| {solver} | {den.nfe} | {err.format()} | {m['dfd'].format()} | {m['accuracy'].format()} |")
             log(f"{name:16s} {solver:9s} NFE {den.nfe:2d}: MSE {err.format()}  dFD {m['dfd'].format()}")
     return lines
@@ -139,12 +138,13 @@ def run_demo(
     for name in models:
         den = load_model(name)
         dataset = den.card.provenance["dataset"]
-        task = task_for(dataset)
-        floor = task.evaluate(task.reference(n, seed), seed)  # class-balanced, the same n
+        xr, yr = load_dataset(dataset, "train")
+        idx = balanced_indices(yr, n, den.num_classes, seed)
+        floor = score_samples(dataset, xr[idx], yr[idx], seed)  # class-balanced real images, the same n
         for k in nfe:
             cfg = EvalConfig(solver=solver, num_steps=k, n=n, seed=seed)
             x, y, used_nfe, sec = generate(den, cfg)
-            m = task.evaluate(Samples((x, y), n, used_nfe, sec, solver), seed)
+            m = score_samples(dataset, x, y, seed)
             rows.append({"model": name, "solver": solver, "steps": k, "nfe": used_nfe, "seconds_per_sample": sec,
                          **{key: v.value for key, v in m.items()}, "metrics": {key: v.to_dict() for key, v in m.items()}})
             log(f"{name:16s} {solver} {k:3d} steps: dFD {m['dfd'].format()}  acc {m['accuracy'].value:.3f}  "

@@ -71,14 +71,12 @@ def evaluate_denoiser(den: Denoiser, cfg: EvalConfig = EvalConfig()) -> dict:
     """One JSON-ready dict: dfd, accuracy, precision, recall, nfe, seconds_per_sample, histogram, and
     ``metrics``: every figure of the dataset's task evaluation (dFD, KID, precision/recall,
     density/coverage, accuracy, per-class FD) with its 95% interval (``Metric.to_dict``)."""
-    from fewstep.core.tasks import Samples
-
-    from .tasks import task_for
+    from .quality import score_samples
 
     x, y, nfe, sec = generate(den, cfg)
     dataset = dataset_of(den)
     report = evaluate_samples(dataset, x, y)
-    metrics = task_for(dataset).evaluate(Samples((x, y), len(x), nfe, sec, ""), cfg.seed)
+    metrics = score_samples(dataset, x, y, cfg.seed)
     spec, steps, _, _ = resolve_rule(den, cfg.solver, cfg.num_steps, cfg.grid)
     solver = spec.name
     return {

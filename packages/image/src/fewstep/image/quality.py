@@ -17,6 +17,8 @@ from fewstep.image.data import dataset_info, load_dataset
 
 # Samples may overshoot [-1, 1] a little (an unclamped sampler); beyond this they are an error.
 RANGE_TOLERANCE = 0.5
+FD_RESAMPLES = 200  # bootstrap resamples of FD-type figures: each one is a (D, D) matrix square root
+K_NN = 3  # precision/recall's k (Kynkäänniemi et al. 2019)
 
 
 @dataclass(frozen=True)
@@ -191,3 +193,31 @@ def real_data_baseline(dataset_name: str, n: int | None = 2000, seed: int = 0) -
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
         x, y = x[idx], y[idx]
     return evaluate_samples(dataset_name, x, y)
+
+
+def score_samples(dataset_name: str, samples, labels, seed: int = 0) -> dict:
+    """The evaluation protocol of an image dataset: {name: Metric with its 95% interval} of
+    class-balanced samples against the real test split, in the evaluation classifier's features.
+
+    dfd and kid (``fewstep.core.metrics.feature_quality``: the reference held fixed), precision and
+    recall (k=3), density and coverage (k=5), class accuracy, and class_fd (the per-class FD) when
+    every class has at least 2 samples. Needs more than 5 samples.
+    """
+    from fewstep.core.intervals import bootstrap_mean
+    from fewstep.core.metrics import class_fd, feature_quality
+    from threadpoolctl import threadpool_limits
+
+    x = check_samples(dataset_name, samples)
+    y = _check_labels(dataset_name, labels, len(x))
+    if len(x) <= 5:
+        raise ValueError(f"{len(x)} samples: density/coverage need more than k=5")
+    feats, preds = features_and_predictions(dataset_name, x)  # (N, D), (N,)
+    f, ref = feats.double(), _test_features(dataset_name).double()  # the test split's, cached per process
+    # One BLAS thread: the small (D, D) eigh calls crawl on a busy CPU otherwise (see evaluate_samples).
+    with threadpool_limits(limits=1, user_api="blas"):
+        q = feature_quality(ref, f, k_pr=K_NN, resamples=FD_RESAMPLES, seed=seed)
+        out = {"dfd": q.pop("fd"), **q}
+        out["accuracy"] = bootstrap_mean((preds == y).numpy(), higher_is_better=True, bounds=(0.0, 1.0), seed=seed)
+        if torch.bincount(y, minlength=dataset_info(dataset_name).num_classes).min() >= 2:
+            out["class_fd"] = class_fd(ref, _test_labels(dataset_name), f, y, seed=seed)
+    return out

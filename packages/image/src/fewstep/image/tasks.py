@@ -18,31 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewstep.core.tasks import Budget, Metric, Rule, Samples, Task, bootstrap_mean
+from fewstep.core.tasks import Budget, Metric, Rule, Samples, Task
 
-from .data import DATASETS, load_dataset
+from .data import DATASETS, balanced_indices, load_dataset
 from .distill import BUDGET, TRAJECTORIES
 
 # Resamples for dFD: each one is a (D, D) matrix square root, so fewer than for a mean.
-DFD_RESAMPLES = 200
-K_NN = 3  # precision/recall's k (the paper's and fewstep.image.quality's)
-
-
-def _balanced(y: torch.Tensor, n: int, k: int, seed: int) -> torch.Tensor:
-    """Indices of ``n`` rows whose labels run 0, 1, ..., k-1, 0, ... (as the samples' labels), each
-    class's rows drawn at random without replacement."""
-    g = torch.Generator().manual_seed(seed)
-    pools = [torch.nonzero(y == c).flatten() for c in range(k)]
-    pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
-    want = torch.arange(n) % k
-    taken = [0] * k
-    out = []
-    for c in want.tolist():
-        if taken[c] >= len(pools[c]):
-            raise ValueError(f"class {c} has only {len(pools[c])} train images; lower n")
-        out.append(pools[c][taken[c]])
-        taken[c] += 1
-    return torch.stack(out)
 
 
 def _by_class(x: torch.Tensor, y: torch.Tensor, k: int, per: int = 2) -> torch.Tensor:
@@ -108,7 +89,7 @@ class ImageTask(Task):
     def reference(self, n: int, seed: int = 0) -> Samples:
         """``n`` random train images, class-balanced like the samples: the real-vs-real floor."""
         x, y = load_dataset(self.dataset, "train")
-        idx = _balanced(y, n, self.num_classes, seed)
+        idx = balanced_indices(y, n, self.num_classes, seed)
         return Samples((x[idx], y[idx]), len(idx), 0.0, 0.0, "real train images (class-balanced)")
 
     def collapse(self, n: int, seed: int = 0) -> Samples:
@@ -126,27 +107,11 @@ class ImageTask(Task):
         return feats.double(), preds, torch.as_tensor(y)
 
     def evaluate(self, samples: Samples, seed: int = 0) -> dict[str, Metric]:
-        """Against the real test split, in the evaluation classifier's features: dFD and KID,
-        precision/recall (k=3), density/coverage (k=5) (``fewstep.core.metrics.feature_quality``),
-        class accuracy, and the per-class FD when every class has >= 2 samples."""
-        from threadpoolctl import threadpool_limits
+        """Against the real test split, in the evaluation classifier's features (``quality.score_samples``):
+        dFD and KID, precision/recall, density/coverage, accuracy and the per-class FD."""
+        from .quality import score_samples
 
-        from fewstep.core.metrics import class_fd, feature_quality
-
-        from .quality import _test_features, _test_labels
-
-        f, preds, y = self._features(samples)
-        if len(f) <= 5:
-            raise ValueError(f"{len(f)} samples: density/coverage need more than k=5")
-        ref = _test_features(self.dataset).double()  # (N_test, D), cached per process
-        # One BLAS thread: the small (D, D) eigh calls crawl on a busy CPU otherwise (see quality.py).
-        with threadpool_limits(limits=1, user_api="blas"):
-            q = feature_quality(ref, f, k_pr=K_NN, resamples=DFD_RESAMPLES, seed=seed)
-            out = {"dfd": q.pop("fd"), **q}
-            out["accuracy"] = bootstrap_mean((preds == y).numpy(), higher_is_better=True, bounds=(0.0, 1.0), seed=seed)
-            if torch.bincount(y, minlength=self.num_classes).min() >= 2:
-                out["class_fd"] = class_fd(ref, _test_labels(self.dataset), f, y, seed=seed)
-        return out
+        return score_samples(self.dataset, *samples.data, seed=seed)
 
     def distance(self, samples: Samples, to: Samples, seed: int = 0) -> Metric:
         """FD between two sample sets in the evaluation classifier's features, both bootstrapped."""
@@ -155,10 +120,12 @@ class ImageTask(Task):
         from fewstep.core.intervals import bootstrap_two
         from fewstep.core.metrics import frechet_distance_from_stats, gaussian_stats
 
+        from .quality import FD_RESAMPLES
+
         a, b = self._features(samples)[0].numpy(), self._features(to)[0].numpy()
         with threadpool_limits(limits=1, user_api="blas"):
             return bootstrap_two(lambda i, j: frechet_distance_from_stats(*gaussian_stats(a[i]), *gaussian_stats(b[j])),
-                                 len(a), len(b), resamples=DFD_RESAMPLES, seed=seed, bounds=(0.0, np.inf))
+                                 len(a), len(b), resamples=FD_RESAMPLES, seed=seed, bounds=(0.0, np.inf))
 
     def paired(self, samples: Samples, to: Samples, seed: int = 0) -> Metric:
         """Per-pixel MSE between samples and the reference drawn from the same noise (same n, seed)."""
