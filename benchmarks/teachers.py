@@ -9,7 +9,9 @@ class, repeated), the teacher with DPM-Solver++(2M) at 1, 2, 4 and 50 steps and 
 steps (its best, docs/benchmarks/teachers.md before this protocol). Rows marked "x S seeds" are the
 mean over S sampling seeds with a t-interval over the seeds (the spread between seeds, which the
 per-sample bootstrap does not see); the other rows are one seed with the bootstrap interval.
-Comparisons are stated against the teacher at 50 steps. Writes docs/benchmarks/teachers.md.
+Comparisons are stated against the teacher at 50 steps. Writes docs/benchmarks/teachers.md (and
+.json); the "What these figures say" section of that page is written by hand from the run, so
+append it again after a rerun.
 """
 
 from __future__ import annotations
