@@ -133,3 +133,20 @@ def test_students_of_eps_teachers_start_as_the_teacher_on_their_own_grid(method)
                 s, te = student(x, tt, y), teacher(x, tt, y)
                 cos = torch.nn.functional.cosine_similarity(s.flatten(), te.flatten(), dim=0)
                 assert float(cos) > 0.99
+
+
+def test_a_resume_with_another_conversion_floor_is_refused(tmp_path):
+    from fewstep.core.distill import DistillConfig, TrajectoryConfig, distill
+    from fewstep.core.train import TrainConfig
+
+    teacher = tiny_unet_denoiser()
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(16, 1, 8, 8, generator=g).clamp(-1, 1), torch.randint(0, 3, (16,), generator=g))
+
+    def cfg(floor):
+        train = TrainConfig(iterations=2, batch_size=4, lr=1e-4, warmup_iterations=1, save_every=1, progress=False)
+        return DistillConfig(student_steps=1, train=train, alpha_floor=floor, trajectories=TrajectoryConfig(n=8, num_steps=4, batch_size=8))
+
+    distill(teacher, make_objective("cd"), cfg(0.05), None, data=data, work_dir=tmp_path, progress=False)
+    with pytest.raises(Exception, match=r"other settings: card.reparam.alpha_floor: 0.05 -> 0.2"):
+        distill(teacher, make_objective("cd"), cfg(0.2), None, data=data, work_dir=tmp_path, progress=False)

@@ -157,6 +157,8 @@ def _distill(teacher, objective, cfg, out, data, work: Path, card, progress, stu
 
     run_card = {"made_by": "fewstep.core.distill", **objective.describe(), "student_steps": cfg.student_steps,
                 "total_iterations": cfg.train.iterations,  # objectives' schedules depend on it: resume needs the same
+                "student_prediction": student.prediction,  # and the student's output (its conversion from the net's)
+                "reparam": student.reparam.to_dict() if student.reparam else None,
                 **(card or {})}
     t0 = time.perf_counter()
     result = train(module, loss_fn, train_data, cfg.train, work, run_card, resume=resume)
