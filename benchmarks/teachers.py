@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,25 +26,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import DOCS, machine, table  # noqa: E402
 
-from fewstep.core.intervals import Metric, compare, from_se  # noqa: E402
+from fewstep.core.intervals import Metric, compare, over_seeds  # noqa: E402
 from fewstep.core.tasks import Rule, get_task  # noqa: E402
 
 SHOWN = ("dfd", "kid", "precision", "recall", "density", "coverage", "accuracy", "class_fd")
 UNIT = ("precision", "recall", "coverage", "accuracy")
-T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 8: 2.365, 10: 2.262}  # t quantiles, S - 1 dof
 
 
-def over_seeds(runs: list[dict[str, Metric]]) -> dict[str, Metric]:
-    """Mean over seeds with a 95% t-interval (se = sd / sqrt(S), widened to the t quantile)."""
-    s = len(runs)
-    out = {}
-    for k in runs[0]:
-        vals = [r[k].value for r in runs]
-        sd = statistics.stdev(vals) if s > 1 else 0.0
-        se = sd / s**0.5 * (T975.get(s, 1.96) / 1.96)  # from_se widens by 1.96: this gives the t interval
-        bounds = (-math.inf, math.inf) if k == "kid" else (0.0, 1.0) if k in UNIT else (0.0, math.inf)
-        out[k] = from_se(statistics.fmean(vals), se, runs[0][k].n * s, higher_is_better=runs[0][k].higher_is_better, bounds=bounds)
-    return out
+def seeds_row(runs: list[dict[str, Metric]]) -> dict[str, Metric]:
+    """Every figure of S seeds' evaluations as its mean with a t-interval (``intervals.over_seeds``)."""
+    def bounds(k):
+        return (-math.inf, math.inf) if k == "kid" else (0.0, 1.0) if k in UNIT else (0.0, math.inf)
+
+    return {k: over_seeds([r[k] for r in runs], bounds=bounds(k)) for k in runs[0]}
 
 
 def main() -> None:
@@ -69,7 +62,7 @@ def main() -> None:
                 s = task.generate(teacher, rule, args.n, seed)
                 runs.append(task.evaluate(s, seed))
                 spent += s.seconds_per_sample
-            m = runs[0] if seeds == 1 else over_seeds(runs)
+            m = runs[0] if seeds == 1 else seeds_row(runs)
             rows[label + (f" x {seeds} seeds" if seeds > 1 else "")] = (s.rule, s.nfe, 1e3 * spent / seeds, m)
             print(name, label, {k: round(v.value, 4) for k, v in m.items()}, f"{time.perf_counter() - t0:.0f}s", flush=True)
 

@@ -51,3 +51,18 @@ def test_compare_states_better_worse_or_not_distinguishable():
     with pytest.raises(ValueError, match="direction"):
         compare(low, acc_a)
     assert Metric.from_dict(low.to_dict()) == low
+
+
+def test_over_seeds_is_a_t_interval_of_the_seed_means():
+    import math
+
+    from fewstep.core.intervals import Metric, over_seeds
+
+    vals = [1.8, 1.9, 2.0, 1.85, 1.95]
+    runs = [Metric(v, v - 1.0, v + 1.0, 500, 0.5) for v in vals]  # wide per-seed bootstrap intervals
+    m = over_seeds(runs, bounds=(0.0, math.inf))
+    sd = (sum((v - 1.9) ** 2 for v in vals) / 4) ** 0.5
+    assert m.value == pytest.approx(1.9) and m.n == 2500
+    assert m.high - m.value == pytest.approx(2.776 * sd / 5**0.5, rel=1e-3)  # t_{0.975, 4} = 2.776
+    with pytest.raises(ValueError, match="at least 2"):
+        over_seeds(runs[:1])

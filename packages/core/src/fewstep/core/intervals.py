@@ -11,7 +11,7 @@ the point estimate; the standard-error interval is centred on it and narrows as 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
@@ -110,6 +110,24 @@ def bootstrap_ratio(numerator, denominator, *, higher_is_better: bool = False, *
     if a.shape != b.shape:
         raise ValueError(f"numerator {a.shape} and denominator {b.shape} need one entry per sample each")
     return bootstrap(lambda idx: a[idx].sum() / b[idx].sum(), len(a), higher_is_better=higher_is_better, **kw)
+
+
+def over_seeds(runs: Sequence[Metric], *, level: float = LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Metric:
+    """One figure measured under S >= 2 seeds (sampling or training): their mean with a t-interval,
+    mean +- t_{S-1} sd / sqrt(S), clipped to ``bounds``. Its ``se`` is t / z times sd / sqrt(S), so
+    ``compare`` stays conservative with few seeds. The spread between seeds is what a per-sample
+    bootstrap of one seed does not see (headline rows)."""
+    from scipy.stats import t as student_t
+
+    runs = list(runs)
+    if len(runs) < 2:
+        raise ValueError(f"{len(runs)} run(s): an interval over seeds needs at least 2")
+    if len({r.higher_is_better for r in runs}) != 1:
+        raise ValueError("the runs disagree on higher_is_better: they are not one figure")
+    v = np.array([r.value for r in runs], dtype=np.float64)
+    widen = float(student_t.ppf(0.5 + level / 2, len(v) - 1)) / _z(level)
+    return from_se(float(v.mean()), widen * float(v.std(ddof=1)) / math.sqrt(len(v)), sum(r.n for r in runs),
+                   higher_is_better=runs[0].higher_is_better, level=level, bounds=bounds)
 
 
 def compare(a: Metric, b: Metric, level: float = LEVEL) -> str:

@@ -219,6 +219,17 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[floa
     return precision, recall
 
 
+def _within_sums(x: torch.Tensor, degree: int, coef: float) -> torch.Tensor:
+    """Row sums of the kernel matrix of x with itself, its diagonal excluded (memory-bounded blocks)."""
+    d = x.shape[1]
+    sums = torch.empty(x.shape[0], dtype=x.dtype)
+    rows = max(1, _BLOCK_ELEMS // max(1, x.shape[0]))
+    for i in range(0, x.shape[0], rows):
+        block = ((x[i : i + rows] @ x.T) / d + coef).pow(degree)
+        sums[i : i + rows] = block.sum(1) - ((x[i : i + rows] ** 2).sum(1) / d + coef).pow(degree)
+    return sums
+
+
 def _kid_parts(a: np.ndarray, b: np.ndarray, degree: int, coef: float):
     """Row sums of the three kernel matrices (diagonals excluded from the within-set ones)."""
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
@@ -227,21 +238,13 @@ def _kid_parts(a: np.ndarray, b: np.ndarray, degree: int, coef: float):
     def kernel(x, y):
         return ((x @ y.T) / d + coef).pow(degree)
 
-    def within(x):
-        sums = torch.empty(x.shape[0], dtype=x.dtype)
-        rows = max(1, _BLOCK_ELEMS // max(1, x.shape[0]))
-        for i in range(0, x.shape[0], rows):
-            block = kernel(x[i : i + rows], x)
-            sums[i : i + rows] = block.sum(1) - ((x[i : i + rows] ** 2).sum(1) / d + coef).pow(degree)
-        return sums
-
     r_ab, r_ba = torch.zeros(a.shape[0], dtype=at.dtype), torch.zeros(b.shape[0], dtype=at.dtype)
     rows = max(1, _BLOCK_ELEMS // max(1, b.shape[0]))
     for i in range(0, a.shape[0], rows):
         block = kernel(at[i : i + rows], bt)
         r_ab[i : i + rows] = block.sum(1)
         r_ba += block.sum(0)
-    return within(at).numpy(), within(bt).numpy(), r_ab.numpy(), r_ba.numpy()
+    return _within_sums(at, degree, coef).numpy(), _within_sums(bt, degree, coef).numpy(), r_ab.numpy(), r_ba.numpy()
 
 
 def kid_and_se(a: ArrayLike, b: ArrayLike, degree: int = 3, coef: float = 1.0) -> tuple[float, float]:
@@ -282,22 +285,20 @@ def kid_metric(a: ArrayLike, b: ArrayLike, *, resamples: int = 200, seed: int = 
     from .intervals import bootstrap, from_se
 
     a, b = _as_pair(a, b, ("a", "b"), min_n=3)
-    value, se = kid_and_se(a, b, degree, coef)
     if max(len(a), len(b)) > _KID_BOOTSTRAP_MAX:
-        return from_se(value, se, len(b))
-    d = a.shape[1]
-    at, bt = torch.from_numpy(a), torch.from_numpy(b)
-    k_aa, k_bb, k_ab = (((x @ y.T) / d + coef).pow(degree).numpy() for x, y in ((at, at), (bt, bt), (at, bt)))
+        return from_se(*kid_and_se(a, b, degree, coef), len(b))
+    n = len(a)
+    bt, at = torch.from_numpy(b), torch.from_numpy(a)
+    within_a = float(_within_sums(at, degree, coef).sum()) / (n * (n - 1))  # the fixed reference's term
+    k_bb = ((bt @ bt.T) / a.shape[1] + coef).pow(degree).numpy()  # (m, m)
+    cross = ((at @ bt.T) / a.shape[1] + coef).pow(degree).mean(0).numpy()  # (m,): each b row's mean kernel to a
 
-    def stat(ia: np.ndarray, ib: np.ndarray) -> float:
-        n, m = len(ia), len(ib)
-        saa = k_aa[np.ix_(ia, ia)].sum() - k_aa[ia, ia].sum()  # pairs at different positions
-        sbb = k_bb[np.ix_(ib, ib)].sum() - k_bb[ib, ib].sum()
-        return saa / (n * (n - 1)) + sbb / (m * (m - 1)) - 2.0 * k_ab[np.ix_(ia, ib)].mean()
+    def stat(ib: np.ndarray) -> float:  # the unbiased KID with b's rows ``ib`` (pairs at different positions)
+        m = len(ib)
+        s_bb = k_bb[np.ix_(ib, ib)].sum() - k_bb[ib, ib].sum()
+        return within_a + s_bb / (m * (m - 1)) - 2.0 * cross[ib].mean()
 
-    ia = np.arange(len(a))  # the reference held fixed, as in feature_quality
-    boot = bootstrap(lambda ib: stat(ia, ib), len(b), resamples=resamples, seed=seed)
-    return from_se(value, boot.se, len(b))
+    return bootstrap(stat, len(b), resamples=resamples, seed=seed)
 
 
 def density_coverage(real: ArrayLike, fake: ArrayLike, k: int = 5) -> tuple[float, float]:

@@ -357,13 +357,14 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
-def _agree(due: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
-    """Every rank saves and stops at the same iteration: the flags are OR-ed over the ranks."""
+def _agree(*flags: bool, device: torch.device) -> tuple[bool, ...]:
+    """Every rank saves, stops or ends its budget at the same iteration: the flags are OR-ed over
+    the ranks in one all-reduce."""
     if not dist.is_initialized():
-        return due, stop
-    flags = torch.tensor([float(due), float(stop)], device=device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return bool(flags[0] > 0), bool(flags[1] > 0)
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v > 0) for v in t)
 
 
 def train(
@@ -519,8 +520,9 @@ def _train(module, loss_fn, data, config: TrainConfig, out_dir: Path, card: dict
                     or (config.save_every is not None and iteration % config.save_every == 0)
                     or (config.save_every_seconds is not None and time.perf_counter() - last_save_time >= config.save_every_seconds)
                 )
-                over, _ = _agree(config.max_seconds is not None and work() >= config.max_seconds, False, device)
-                due, stop = _agree(due or over, bool(stop_request["signum"]), device)
+                over = config.max_seconds is not None and work() >= config.max_seconds
+                due, stop, over = _agree(due, bool(stop_request["signum"]), over, device=device)
+                due = due or over
                 if due or stop:
                     checkpoint()
                     last_saved, last_save_time = iteration, time.perf_counter()

@@ -234,13 +234,14 @@ def load_photos(names: list[str] | tuple[str, ...] | None = None) -> dict[str, t
 # so its short side is PHOTO_SHORT_SIDE pixels and crops are drawn from its top PHOTO_TRAIN_ROWS
 # rows. The test split is an independent draw of crop positions (another seed) from the same rows:
 # a held-out sample of the same crop distribution (what FD compares against), not unseen pixels.
-# The rows below are left out: their content differs from the rows above (a real-vs-real FD of
-# 14.7 between the two bands, precision 0.06), which would measure the photos, not the samplers.
+# The rows below are left out. Held out as a test split, their content differed from the rows
+# above so much that a real-vs-real comparison measured the photos rather than the samplers.
 PHOTO_SHORT_SIDE = 128
 PHOTO_TRAIN_ROWS = 0.7
 PHOTO_CROPS = {"train": (1000, 0), "test": (150, 1)}  # split -> (crops per photo, seed)
 
 
+@lru_cache(maxsize=1)
 def _downscaled_photos(short_side: int) -> dict[str, torch.Tensor]:
     out = {}
     for k, im in load_photos(tuple(PHOTO_FILES)).items():

@@ -203,6 +203,12 @@ def score_samples(dataset_name: str, samples, labels, seed: int = 0) -> dict:
     recall (k=3), density and coverage (k=5), class accuracy, and class_fd (the per-class FD) when
     every class has at least 2 samples. Needs more than 5 samples.
     """
+    return scored_samples(dataset_name, samples, labels, seed)[0]
+
+
+def scored_samples(dataset_name: str, samples, labels, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """:func:`score_samples` and the classifier's predicted class of each sample (N,), from one
+    pass of the evaluation classifier."""
     from fewstep.core.intervals import bootstrap_mean
     from fewstep.core.metrics import class_fd, feature_quality
     from threadpoolctl import threadpool_limits
@@ -220,4 +226,4 @@ def score_samples(dataset_name: str, samples, labels, seed: int = 0) -> dict:
         out["accuracy"] = bootstrap_mean((preds == y).numpy(), higher_is_better=True, bounds=(0.0, 1.0), seed=seed)
         if torch.bincount(y, minlength=dataset_info(dataset_name).num_classes).min() >= 2:
             out["class_fd"] = class_fd(ref, _test_labels(dataset_name), f, y, seed=seed)
-    return out
+    return out, preds

@@ -23,8 +23,6 @@ from fewstep.core.tasks import Budget, Metric, Rule, Samples, Task
 from .data import DATASETS, balanced_indices, load_dataset
 from .distill import BUDGET, TRAJECTORIES
 
-# Resamples for dFD: each one is a (D, D) matrix square root, so fewer than for a mean.
-
 
 def _by_class(x: torch.Tensor, y: torch.Tensor, k: int, per: int = 2) -> torch.Tensor:
     """``per`` rows of one image per class 0..k-1 (black where a class has too few samples)."""
@@ -151,13 +149,4 @@ PHOTOS = ImageTask("photos", "photos-teacher", "32x32 crops of scikit-image's bu
                    "dFD on the shipped classifier")
 
 
-
-def task_for(dataset: str) -> ImageTask:
-    """The registered task of a dataset name (its evaluation is the package's one protocol)."""
-    tasks = {t.dataset: t for t in (DIGITS, SHAPES, PHOTOS)}
-    if dataset not in tasks:
-        raise ValueError(f"no image task for dataset {dataset!r}; known: {sorted(tasks)}")
-    return tasks[dataset]
-
-
-__all__ = ["DIGITS", "PHOTOS", "SHAPES", "ImageTask", "task_for"]
+__all__ = ["DIGITS", "PHOTOS", "SHAPES", "ImageTask"]
