@@ -9,4 +9,4 @@ tokenizer trained locally with Hugging Face ``tokenizers`` (``tokenizer``).
 from .corpus import Corpus, Document, python_corpus, split_documents, token_blocks
 from .tokenizer import TextTokenizer, train_tokenizer
 
-__all__ = ["Corpus", "Document", "python_corpus", "split_documents", "token_blocks", "TextTokenizer", "train_tokenizer"]
+__all__ = ["Corpus", "Document", "TextTokenizer", "python_corpus", "split_documents", "token_blocks", "train_tokenizer"]

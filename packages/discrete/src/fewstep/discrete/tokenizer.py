@@ -68,7 +68,7 @@ class TextTokenizer:
 
         try:
             return cls(Tokenizer.from_str(text))
-        except Exception as e:  # tokenizers raises its own exception types
+        except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception from Rust)
             raise ValueError(f"not a tokenizer JSON ({e})") from None
 
     def save(self, path: str | os.PathLike) -> Path:
