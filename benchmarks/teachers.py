@@ -1,7 +1,7 @@
 """The shipped image teachers under the evaluation protocol (issue 17): every figure with its 95%
 interval, the reference rows side by side, several sampling seeds for the headline rows.
 
-    uv run python benchmarks/teachers.py [--n 500] [--seeds 5] [--best-seeds 2] [--tasks digits,shapes,photos]
+    uv run python benchmarks/teachers.py [--n 500] [--seeds 5] [--best-seeds 2] [--tasks digits,shapes,photos] [--reuse-seed-rows]
 
 Per task (``fewstep.image.tasks``: the evaluation classifier's features, the real test split):
 the real-vs-real floor (class-balanced train images, same n), a collapse row (one real image per
@@ -18,27 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DOCS, machine, table  # noqa: E402
+from common import DOCS, machine, seeds_row, table  # noqa: E402
 
-from fewstep.core.intervals import Metric, compare, over_seeds  # noqa: E402
+from fewstep.core.intervals import Metric, compare  # noqa: E402
 from fewstep.core.tasks import Rule, get_task  # noqa: E402
 
 SHOWN = ("dfd", "kid", "precision", "recall", "density", "coverage", "accuracy", "class_fd")
-UNIT = ("precision", "recall", "coverage", "accuracy")
-
-
-def seeds_row(runs: list[dict[str, Metric]]) -> dict[str, Metric]:
-    """Every figure of S seeds' evaluations as its mean with a t-interval (``intervals.over_seeds``)."""
-    def bounds(k):
-        return (-math.inf, math.inf) if k == "kid" else (0.0, 1.0) if k in UNIT else (0.0, math.inf)
-
-    return {k: over_seeds([r[k] for r in runs], bounds=bounds(k)) for k in runs[0]}
 
 
 def main() -> None:
@@ -48,7 +38,11 @@ def main() -> None:
     p.add_argument("--best-seeds", type=int, default=2, help="sampling seeds of the DDPM-250 row")
     p.add_argument("--tasks", default="digits,shapes,photos")
     p.add_argument("--out", default=str(DOCS / "teachers.md"))
+    p.add_argument("--reuse-seed-rows", action="store_true",
+                   help="keep the rows measured under several seeds from the existing .json (their t-intervals do not depend on "
+                        "the per-sample interval method) and score the one-seed rows again")
     args = p.parse_args()
+    old = json.loads(Path(args.out).with_suffix(".json").read_text()) if args.reuse_seed_rows else {}
     t0 = time.perf_counter()
     sections, record = [], {}
     for name in args.tasks.split(","):
@@ -57,6 +51,11 @@ def main() -> None:
         rows: dict[str, tuple[str, float, float, dict[str, Metric]]] = {}  # label -> (rule, nfe, ms, metrics)
 
         def run(label: str, rule: Rule, seeds: int) -> None:
+            key = label + (f" x {seeds} seeds" if seeds > 1 else "")
+            if seeds > 1 and key in old.get(name, {}):
+                r = old[name][key]
+                rows[key] = (r["rule"], r["nfe"], r["ms_per_sample"], {k: Metric.from_dict(v) for k, v in r["metrics"].items()})
+                return
             runs, spent = [], 0.0
             for seed in range(seeds):
                 s = task.generate(teacher, rule, args.n, seed)
@@ -85,11 +84,14 @@ def main() -> None:
     text = "\n".join([
         "# Shipped teachers under the evaluation protocol",
         "",
-        f"`uv run python benchmarks/teachers.py --n {args.n} --seeds {args.seeds} --best-seeds {args.best_seeds} --tasks {args.tasks}` "
-        f"on {machine()}; n = {args.n} class-balanced samples per row, no guidance; total {time.perf_counter() - t0:.0f} s.",
+        f"`uv run python benchmarks/teachers.py --n {args.n} --seeds {args.seeds} --best-seeds {args.best_seeds} --tasks {args.tasks}"
+        f"{' --reuse-seed-rows' if args.reuse_seed_rows else ''}` on {machine()}; n = {args.n} class-balanced samples per row, "
+        f"no guidance; total {time.perf_counter() - t0:.0f} s"
+        + (" (the rows over seeds kept from the previous run; the one-seed rows scored again)." if args.reuse_seed_rows else "."),
         "",
         "Figures are in the evaluation classifier's features against the real test split, each with its 95% interval: "
-        "bootstrap over the samples for one-seed rows, a t-interval over sampling seeds for rows marked \"x S seeds\". "
+        "for one-seed rows the per-sample interval (a jackknife stratified by class for dFD and the per-class FD, a bootstrap for the rest), "
+        "a t-interval over sampling seeds for rows marked \"x S seeds\". "
         "dFD is biased upwards at finite n, so compare rows at the same n only; KID is unbiased (and may be below 0). "
         "The verdict column compares each row's dFD with the teacher at 50 steps (better / worse / not distinguishable at 95%). "
         "The floor row is the best any model can expect at this n; the collapse row shows what recall and coverage near 0 look like.",

@@ -330,24 +330,33 @@ def _density_coverage_per_sample(real: torch.Tensor, fake: torch.Tensor, k: int)
 
 
 def feature_quality(real: ArrayLike, fake: ArrayLike, *, k_pr: int = 3, k_dc: int = 5, resamples: int = 200,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, strata: ArrayLike | None = None) -> dict:
     """Every set-level figure between real and generated features, each a ``Metric`` with its 95%
-    interval: ``fd`` (two-sample bootstrap), ``kid`` (first-order U-statistic SE, see
+    interval: ``fd`` (grouped jackknife over the generated rows, ``intervals.jackknife``: a bootstrap's
+    repeated rows inflate FD's spread), ``kid`` (first-order U-statistic SE, see
     :func:`kid_and_se`), ``precision``/``recall`` (Kynkäänniemi et al. 2019, k=3) and
     ``density``/``coverage`` (Naeem et al. 2020, k=5). The k-NN figures are means of per-sample
     indicators and get their intervals from a bootstrap over those samples, the k-NN balls held
     fixed. The reference set is held fixed throughout (FD and KID resample the generated set only):
     the intervals are for comparing rows scored against the same reference, whose own sampling
     noise is common to them all (resampling it too would drown a 270-image test split's rows in
-    noise they share)."""
-    from .intervals import bootstrap, bootstrap_mean
+    noise they share). ``strata`` (one label per generated row, e.g. the class each was asked for)
+    keeps the FD jackknife's leave-outs to the design's proportions: features cluster by class, so
+    an unstratified leave-out of a class-balanced set changes FD mostly by changing the class mix,
+    which another balanced set never does (unstratified, ten times the spread between seeds on
+    digits; docs/benchmarks/fd_interval.md)."""
+    from .intervals import bootstrap_mean, jackknife
 
     real, fake = _as_pair(real, fake, ("real", "fake"), min_n=max(k_pr, k_dc) + 1)
     rt, ft = torch.from_numpy(real), torch.from_numpy(fake)
     stats_real = gaussian_stats(real)
 
-    out = {"fd": bootstrap(lambda ib: frechet_distance_from_stats(*stats_real, *gaussian_stats(fake[ib])), len(fake),
-                           resamples=resamples, seed=seed, bounds=(0.0, math.inf))}
+    if strata is not None:
+        strata = np.asarray(strata).reshape(-1)
+        if len(strata) != len(fake):
+            raise ValueError(f"strata has {len(strata)} labels for {len(fake)} generated rows")
+    out = {"fd": jackknife(lambda ib: frechet_distance_from_stats(*stats_real, *gaussian_stats(fake[ib])), len(fake),
+                           seed=seed, bounds=(0.0, math.inf), strata=strata)}
     out["kid"] = kid_metric(real, fake, resamples=resamples, seed=seed)
     unit = {"higher_is_better": True, "bounds": (0.0, 1.0), "resamples": resamples, "seed": seed}
     out["precision"] = bootstrap_mean(_inside(ft, rt, _knn_radii(rt, k_pr)).double().numpy(), **unit)
@@ -358,33 +367,34 @@ def feature_quality(real: ArrayLike, fake: ArrayLike, *, k_pr: int = 3, k_dc: in
     return out
 
 
-def class_fd(real: ArrayLike, real_labels, fake: ArrayLike, fake_labels, *, resamples: int = 100, seed: int = 0):
+def class_fd(real: ArrayLike, real_labels, fake: ArrayLike, fake_labels, *, groups: int = 50, seed: int = 0):
     """Per-class Fréchet distance: the mean over classes of FD(real of class c, fake of class c), a
-    ``Metric`` whose interval comes from a bootstrap stratified by class (both sets resampled within
-    each class). Unlike the pooled FD it does not forgive a model that draws the right images for
-    the wrong label. Every class needs at least 2 samples on each side."""
-    from .intervals import _from_resamples
+    ``Metric`` whose interval is a grouped jackknife over the generated rows stratified by class
+    (``intervals.jackknife``; the real rows held fixed, as ``feature_quality`` holds them). Unlike the
+    pooled FD it does not forgive a model that draws the right images for the wrong label. Every
+    class needs at least 2 samples on each side."""
+    from .intervals import jackknife
 
     real, fake = _as_pair(real, fake, ("real", "fake"))
     ry, fy = np.asarray(real_labels).reshape(-1), np.asarray(fake_labels).reshape(-1)
     if len(ry) != len(real) or len(fy) != len(fake):
         raise ValueError(f"need one label per row: {len(ry)} labels for {len(real)} real, {len(fy)} for {len(fake)} fake")
     classes = np.unique(fy)
-    groups = []
+    real_stats = {}
     for c in classes:
         ir, jf = np.flatnonzero(ry == c), np.flatnonzero(fy == c)
         if len(ir) < 2 or len(jf) < 2:
             raise ValueError(f"class {c}: {len(ir)} real and {len(jf)} generated rows; per-class FD needs >= 2 of each")
-        groups.append((ir, jf))
+        real_stats[c] = gaussian_stats(real[ir])
 
-    def value(pick) -> float:
-        return float(np.mean([frechet_distance_from_stats(*gaussian_stats(real[pick(ir)]), *gaussian_stats(fake[pick(jf)]))
-                              for ir, jf in groups]))
+    def value(keep: np.ndarray) -> float:
+        kept = fy[keep]
+        return float(np.mean([frechet_distance_from_stats(*real_stats[c], *gaussian_stats(fake[keep[kept == c]])) for c in classes]))
 
-    rng = np.random.default_rng(seed)
-    point = value(lambda idx: idx)
-    reps = np.array([value(lambda idx: idx[rng.integers(0, len(idx), len(idx))]) for _ in range(resamples)])
-    return _from_resamples(point, reps, len(fake), bounds=(0.0, math.inf))
+    fewest = min(int((fy == c).sum()) for c in classes)
+    if fewest < 3:  # a leave-out must keep >= 2 rows of every class
+        raise ValueError(f"a class has {fewest} generated rows; the per-class FD's interval needs >= 3 per class")
+    return jackknife(value, len(fake), groups=groups, strata=fy, seed=seed, bounds=(0.0, math.inf))
 
 
 def paired_error(a: ArrayLike, b: ArrayLike, *, resamples: int = 1000, seed: int = 0):

@@ -17,7 +17,7 @@ from fewstep.image.data import dataset_info, load_dataset
 
 # Samples may overshoot [-1, 1] a little (an unclamped sampler); beyond this they are an error.
 RANGE_TOLERANCE = 0.5
-FD_RESAMPLES = 200  # bootstrap resamples of FD-type figures: each one is a (D, D) matrix square root
+FD_RESAMPLES = 200  # bootstrap resamples of the KID and k-NN figures (FD itself is jackknifed, stratified by class)
 K_NN = 3  # precision/recall's k (Kynkäänniemi et al. 2019)
 
 
@@ -201,7 +201,7 @@ def score_samples(dataset_name: str, samples, labels, seed: int = 0) -> dict:
 
     dfd and kid (``fewstep.core.metrics.feature_quality``: the reference held fixed), precision and
     recall (k=3), density and coverage (k=5), class accuracy, and class_fd (the per-class FD) when
-    every class has at least 2 samples. Needs more than 5 samples.
+    every class has at least 3 samples (its jackknife leaves rows out). Needs more than 5 samples.
     """
     return scored_samples(dataset_name, samples, labels, seed)[0]
 
@@ -221,9 +221,9 @@ def scored_samples(dataset_name: str, samples, labels, seed: int = 0) -> tuple[d
     f, ref = feats.double(), _test_features(dataset_name).double()  # the test split's, cached per process
     # One BLAS thread: the small (D, D) eigh calls crawl on a busy CPU otherwise (see evaluate_samples).
     with threadpool_limits(limits=1, user_api="blas"):
-        q = feature_quality(ref, f, k_pr=K_NN, resamples=FD_RESAMPLES, seed=seed)
+        q = feature_quality(ref, f, k_pr=K_NN, resamples=FD_RESAMPLES, seed=seed, strata=y.numpy())  # the labels asked for
         out = {"dfd": q.pop("fd"), **q}
         out["accuracy"] = bootstrap_mean((preds == y).numpy(), higher_is_better=True, bounds=(0.0, 1.0), seed=seed)
-        if torch.bincount(y, minlength=dataset_info(dataset_name).num_classes).min() >= 2:
+        if torch.bincount(y, minlength=dataset_info(dataset_name).num_classes).min() >= 3:
             out["class_fd"] = class_fd(ref, _test_labels(dataset_name), f, y, seed=seed)
     return out, preds

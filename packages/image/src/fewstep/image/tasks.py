@@ -112,18 +112,17 @@ class ImageTask(Task):
         return score_samples(self.dataset, *samples.data, seed=seed)
 
     def distance(self, samples: Samples, to: Samples, seed: int = 0) -> Metric:
-        """FD between two sample sets in the evaluation classifier's features, both bootstrapped."""
+        """FD between two sample sets in the evaluation classifier's features (both jackknifed, ``jackknife_two``)."""
         from threadpoolctl import threadpool_limits
 
-        from fewstep.core.intervals import bootstrap_two
+        from fewstep.core.intervals import jackknife_two
         from fewstep.core.metrics import frechet_distance_from_stats, gaussian_stats
 
-        from .quality import FD_RESAMPLES
-
-        a, b = self._features(samples)[0].numpy(), self._features(to)[0].numpy()
-        with threadpool_limits(limits=1, user_api="blas"):
-            return bootstrap_two(lambda i, j: frechet_distance_from_stats(*gaussian_stats(a[i]), *gaussian_stats(b[j])),
-                                 len(a), len(b), resamples=FD_RESAMPLES, seed=seed, bounds=(0.0, np.inf))
+        (a, _, ya), (b, _, yb) = self._features(samples), self._features(to)
+        a, b = a.numpy(), b.numpy()
+        with threadpool_limits(limits=1, user_api="blas"):  # both sets class-balanced by design: stratified
+            return jackknife_two(lambda i, j: frechet_distance_from_stats(*gaussian_stats(a[i]), *gaussian_stats(b[j])),
+                                 len(a), len(b), seed=seed, bounds=(0.0, np.inf), strata_a=ya.numpy(), strata_b=yb.numpy())
 
     def paired(self, samples: Samples, to: Samples, seed: int = 0) -> Metric:
         """Per-pixel MSE between samples and the reference drawn from the same noise (same n, seed)."""
