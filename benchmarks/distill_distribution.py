@@ -41,10 +41,11 @@ class _RouterResult:
 
 
 def _train_msd(teacher, objective, cfg, out, data=None, work_dir=None, card=None, **_):
-    """MSD: two one-step students (round-robin halves of the classes), each for half the iterations."""
+    """MSD: two one-step students (round-robin halves of the classes), each for half the iterations (and time)."""
     from fewstep.core.distill.multi_student import distill_multi_student
 
-    half = replace(cfg, train=replace(cfg.train, iterations=max(1, cfg.train.iterations // 2)))
+    budget = None if cfg.train.max_seconds is None else cfg.train.max_seconds / 2  # a time budget is split too
+    half = replace(cfg, train=replace(cfg.train, iterations=max(1, cfg.train.iterations // 2), max_seconds=budget))
     opts = {k: v for k, v in objective.describe().items() if k not in ("method", "classes")}
     router, results = distill_multi_student(teacher, half, out, num_students=2, work_dir=work_dir, progress=False, **opts)
     return _RouterResult(router, sum(r.seconds for r in results), max(r.peak_bytes for r in results), results[0].peak_kind)
