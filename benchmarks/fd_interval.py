@@ -29,15 +29,10 @@ from common import DOCS, machine, table  # noqa: E402
 METHODS = ("bootstrap", "jackknife", "stratified bootstrap", "stratified jackknife")
 
 
-def bootstrap_se(statistic, n: int, resamples: int, seed: int) -> float:
-    rng = np.random.default_rng(seed)
-    return float(np.std([statistic(rng.integers(0, n, n)) for _ in range(resamples)], ddof=1))
-
-
 def main() -> None:
     from threadpoolctl import threadpool_limits
 
-    from fewstep.core.intervals import jackknife
+    from fewstep.core.intervals import bootstrap, jackknife
     from fewstep.core.metrics import frechet_distance_from_stats, gaussian_stats
     from fewstep.core.tasks import Rule, get_task
     from fewstep.image.quality import _test_features, _test_labels, features_and_predictions
@@ -78,7 +73,7 @@ def main() -> None:
                     for key, fn in (("dFD", pooled), ("class FD", by_class)):
                         vals[key].append(fn(np.arange(a.n)))
                         if key == "dFD":  # class FD is only ever stratified (each class on its own)
-                            se[(key, "bootstrap")].append(bootstrap_se(fn, a.n, a.resamples, seed))
+                            se[(key, "bootstrap")].append(bootstrap(fn, a.n, resamples=a.resamples, seed=seed).se)
                             se[(key, "jackknife")].append(jackknife(fn, a.n, seed=seed).se)
                         rng = np.random.default_rng(seed)
                         reps = [fn(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])) for _ in range(a.resamples)]

@@ -139,14 +139,11 @@ def _pool_singletons(labels: np.ndarray) -> np.ndarray:
     """Strata of one row (a tiny sample of many classes) pooled into one stratum, and that one
     into the largest if it is still a single row: every stratum can then lose a row."""
     values, counts = np.unique(labels, return_counts=True)
-    lone = values[counts < 2]
-    if len(lone) == 0 or len(values) == 1:
+    lone = np.isin(labels, values[counts < 2])
+    if not lone.any() or len(values) == 1:
         return labels
-    out = np.where(np.isin(labels, lone), -1 if -1 not in values else labels.min() - 1, labels)
-    pooled = out[np.isin(labels, lone)][0]
-    if (out == pooled).sum() < 2:
-        out = np.where(out == pooled, values[counts.argmax()], out)
-    return out
+    pooled = values[counts.argmax()] if lone.sum() == 1 else labels.min() - 1
+    return np.where(lone, pooled, labels)
 
 
 def jackknife_two(
@@ -231,24 +228,3 @@ def from_se(value: float, se: float, n: int, *, higher_is_better: bool = False, 
     half = _z(level) * se
     lo, hi = bounds
     return Metric(value, max(lo, min(value, value - half)), min(hi, max(value, value + half)), n, se, higher_is_better, level)
-
-
-def bootstrap_two(
-    statistic: Callable[[np.ndarray, np.ndarray], float],
-    n_a: int,
-    n_b: int,
-    *,
-    resamples: int = 200,
-    level: float = LEVEL,
-    seed: int = 0,
-    higher_is_better: bool = False,
-    bounds: tuple[float, float] = (-math.inf, math.inf),
-) -> Metric:
-    """Two-sample standard-error bootstrap: ``statistic(idx_a, idx_b)`` on rows of two sets (real
-    and generated), both resampled with replacement each time; n is the generated set's size."""
-    if min(n_a, n_b) < 2 or resamples < 2:
-        raise ValueError(f"bootstrap_two needs >= 2 rows per set and >= 2 resamples (got {n_a}, {n_b}, {resamples})")
-    value = float(statistic(np.arange(n_a), np.arange(n_b)))
-    rng = np.random.default_rng(seed)
-    reps = np.array([statistic(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)])
-    return _from_resamples(value, reps, n_b, higher_is_better=higher_is_better, level=level, bounds=bounds)

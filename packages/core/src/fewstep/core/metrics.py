@@ -332,8 +332,8 @@ def _density_coverage_per_sample(real: torch.Tensor, fake: torch.Tensor, k: int)
 def feature_quality(real: ArrayLike, fake: ArrayLike, *, k_pr: int = 3, k_dc: int = 5, resamples: int = 200,
                     seed: int = 0, strata: ArrayLike | None = None) -> dict:
     """Every set-level figure between real and generated features, each a ``Metric`` with its 95%
-    interval: ``fd`` (grouped jackknife over the generated rows, ``intervals.jackknife``: a bootstrap's
-    repeated rows inflate FD's spread), ``kid`` (first-order U-statistic SE, see
+    interval: ``fd`` (grouped jackknife over the generated rows, ``intervals.jackknife``, stratified
+    by ``strata`` when given), ``kid`` (first-order U-statistic SE, see
     :func:`kid_and_se`), ``precision``/``recall`` (Kynkäänniemi et al. 2019, k=3) and
     ``density``/``coverage`` (Naeem et al. 2020, k=5). The k-NN figures are means of per-sample
     indicators and get their intervals from a bootstrap over those samples, the k-NN balls held
@@ -372,7 +372,7 @@ def class_fd(real: ArrayLike, real_labels, fake: ArrayLike, fake_labels, *, grou
     ``Metric`` whose interval is a grouped jackknife over the generated rows stratified by class
     (``intervals.jackknife``; the real rows held fixed, as ``feature_quality`` holds them). Unlike the
     pooled FD it does not forgive a model that draws the right images for the wrong label. Every
-    class needs at least 2 samples on each side."""
+    class needs at least 2 real and 3 generated rows (a leave-out keeps 2)."""
     from .intervals import jackknife
 
     real, fake = _as_pair(real, fake, ("real", "fake"))

@@ -120,10 +120,10 @@ def split_documents(docs: Iterable[Document], held_out: float = HELD_OUT, salt: 
     scored = sorted(docs, key=lambda d: _held_out_score(d.name, salt))
     cut = sum(_held_out_score(d.name, salt) < held_out for d in docs)
     cut = min(max(cut, 1), len(docs) - 1)
-    held, train = scored[:cut], scored[cut:]
-    by_name = sorted  # each split in name order: stable across runs and machines
-    return Corpus(tuple(by_name(train, key=lambda d: d.name)), tuple(by_name(held, key=lambda d: d.name)),
-                  python or sys.version.split()[0])
+    def by_name(part):  # each split in name order: stable across runs and machines
+        return tuple(sorted(part, key=lambda d: d.name))
+
+    return Corpus(by_name(scored[cut:]), by_name(scored[:cut]), python or sys.version.split()[0])
 
 
 def python_corpus(kinds: Sequence[str] = KINDS, held_out: float = HELD_OUT, max_chars: int | None = None) -> Corpus:
